@@ -1,0 +1,379 @@
+//! `BlockStore`: the public API over the writer, the pending map and the index.
+//!
+//! Locks, always taken in this order (never a later one while waiting for an earlier):
+//! `sync_lock` → `writer` → `pending` → `readers`.
+//! - A block is appended only under `writer`, after re-checking pending and index
+//!   there, so concurrent puts of the same data write it once.
+//! - `pending` holds every block appended since it was last synced; a block leaves it
+//!   only after `sync` inserted it into the index (insert first, then remove), and
+//!   lookups check pending before the index, so a stored block is always found.
+//! - Hashing and compression happen before `writer` is taken; fsync happens with
+//!   only `sync_lock` held, so puts proceed while a sync waits on the disk.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::index;
+use crate::layout::{Location, RecordHeader, MAX_BLOCK_LEN, RECORD_HEADER_LEN};
+use crate::record::{self, EncodedRecord};
+use crate::recovery;
+use crate::sync::{lock, read, write, Arc, Mutex, RwLock};
+use crate::writer::PackWriter;
+use crate::{BlockId, Config, Error, PackId, Result, Stats, VerifyReport};
+
+/// Read handles kept open at most; past this the cache starts over.
+const MAX_OPEN_READERS: usize = 256;
+/// `put_many` hashes and compresses on several threads from this many bytes on.
+const PARALLEL_MIN_BYTES: usize = 128 << 10;
+
+pub struct BlockStore {
+    pub(crate) dir: PathBuf,
+    pub(crate) index: sled::Tree,
+    level: i32,
+    /// Serialises `sync`; first in the lock order.
+    sync_lock: Mutex<()>,
+    /// The active pack. Second in the lock order.
+    pub(crate) writer: Mutex<PackWriter>,
+    /// True once the writer failed for good (lock-free check for `put`).
+    failed: Arc<AtomicBool>,
+    /// Blocks appended since the last sync, id → location. Third in the lock order.
+    pub(crate) pending: RwLock<HashMap<BlockId, Location>>,
+    /// Read-only handles by pack. Last in the lock order.
+    readers: RwLock<HashMap<PackId, Arc<File>>>,
+}
+
+// Used from many threads at once (`&self` everywhere).
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<BlockStore>();
+};
+
+/// A block after hashing and compression, before the writer lock.
+enum Prepared {
+    Known(BlockId),
+    New(EncodedRecord),
+}
+
+impl BlockStore {
+    /// Opens (creating if needed) the packs directory and seals any pack a previous
+    /// run left unsealed. Writing starts in a new pack.
+    pub fn open(packs_dir: &Path, index: sled::Tree, cfg: Config) -> Result<Self> {
+        if !packs_dir.is_dir() {
+            create_dir_durably(packs_dir)?;
+        }
+        let next_id = recovery::recover(packs_dir, &index)?;
+        let writer = PackWriter::new(packs_dir, cfg.max_pack_size, next_id);
+        tracing::info!(dir = %packs_dir.display(), next_pack = next_id,
+            level = cfg.compression_level, "block store open");
+        Ok(BlockStore {
+            dir: packs_dir.to_path_buf(),
+            index,
+            level: cfg.compression_level,
+            sync_lock: Mutex::new(()),
+            failed: writer.failed_flag(),
+            writer: Mutex::new(writer),
+            pending: RwLock::new(HashMap::new()),
+            readers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The directory holding the pack files.
+    pub fn packs_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of pack `pack` (whether or not it exists).
+    pub fn pack_path(&self, pack: PackId) -> PathBuf {
+        self.dir.join(pack.file_name())
+    }
+
+    pub fn put(&self, data: &[u8]) -> Result<BlockId> {
+        self.check_writable()?;
+        match self.prepare(data)? {
+            Prepared::Known(id) => Ok(id),
+            Prepared::New(rec) => {
+                self.append_if_new(&mut lock(&self.writer), &rec)?;
+                Ok(rec.header.id)
+            }
+        }
+    }
+
+    /// Like `put` for each block, hashing and compressing in parallel; records are
+    /// appended in input order. On an error the blocks before it may be stored.
+    pub fn put_many(&self, blocks: &[&[u8]]) -> Result<Vec<BlockId>> {
+        self.check_writable()?;
+        let prepared = self.prepare_all(blocks)?;
+        let mut writer = lock(&self.writer);
+        let mut ids = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            match p {
+                Prepared::Known(id) => ids.push(id),
+                Prepared::New(rec) => {
+                    self.append_if_new(&mut writer, &rec)?;
+                    ids.push(rec.header.id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
+        match self.location(id)? {
+            Some(loc) => self.read_block(id, &loc),
+            None => Err(Error::NotFound(*id)),
+        }
+    }
+
+    pub fn contains(&self, id: &BlockId) -> Result<bool> {
+        Ok(read(&self.pending).contains_key(id) || index::contains(&self.index, id)?)
+    }
+
+    /// Makes every block put so far durable, then indexes it (sled is not flushed).
+    pub fn sync(&self) -> Result<()> {
+        let _serial = lock(&self.sync_lock);
+        let (plan, batch) = {
+            let mut writer = lock(&self.writer);
+            let plan = writer.plan_sync()?;
+            let batch: Vec<(BlockId, Location)> = read(&self.pending)
+                .iter()
+                .map(|(id, loc)| (*id, *loc))
+                .collect();
+            (plan, batch)
+        };
+        if let Err((path, e)) = plan.run() {
+            lock(&self.writer).fail(&path, format!("fsync: {e}"));
+            return Err(Error::Io { path, source: e });
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        index::insert_all(&self.index, &batch)?;
+        let mut pending = write(&self.pending);
+        for (id, _) in &batch {
+            pending.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Counts over the index and pending blocks (a walk of the whole index) and the
+    /// pack files on disk. Exact when no sync runs meanwhile; never counts twice.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats::default();
+        let mut add = |loc: &Location| {
+            s.blocks += 1;
+            s.raw_bytes += u64::from(loc.raw_len);
+            s.stored_bytes += u64::from(loc.stored_len);
+        };
+        // Pending first: a block a sync moves into the index meanwhile is then found in
+        // one of the two (it enters the index before it leaves pending).
+        let mut pending = read(&self.pending).clone();
+        for entry in index::entries(&self.index) {
+            if let index::Entry::Good(id, loc) = entry? {
+                pending.remove(&id);
+                add(&loc);
+            }
+        }
+        pending.values().for_each(&mut add);
+        for (_, path) in recovery::list_packs(&self.dir)? {
+            // A pack removed meanwhile is simply not counted.
+            if let Ok(meta) = std::fs::metadata(&path) {
+                s.pack_files += 1;
+                s.pack_bytes += meta.len();
+            }
+        }
+        Ok(s)
+    }
+
+    /// Checks every record of every pack and every index entry; see `verify.rs`.
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        crate::verify::run(self, progress)
+    }
+
+    /// Seals the active pack and fsyncs it, reporting what `Drop` could only log.
+    pub fn close(self) -> Result<()> {
+        lock(&self.writer).close()
+    }
+
+    /// Drops the store as a kill -9 would: nothing sealed, nothing more written.
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        lock(&self.writer).abandon();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_faults<T>(&self, f: impl FnOnce(&mut crate::writer::Faults) -> T) -> T {
+        f(&mut lock(&self.writer).faults)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            lock(&self.writer).check()?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, data: &[u8]) -> Result<Prepared> {
+        if data.len() > MAX_BLOCK_LEN {
+            return Err(Error::Io {
+                path: self.dir.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a block of {} bytes exceeds the {MAX_BLOCK_LEN}-byte limit",
+                        data.len()
+                    ),
+                ),
+            });
+        }
+        let id = BlockId::of(data);
+        if self.contains(&id)? {
+            return Ok(Prepared::Known(id));
+        }
+        Ok(Prepared::New(record::encode_with_id(id, data, self.level)))
+    }
+
+    fn prepare_all(&self, blocks: &[&[u8]]) -> Result<Vec<Prepared>> {
+        let bytes: usize = blocks.iter().map(|b| b.len()).sum();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(blocks.len());
+        if threads < 2 || bytes < PARALLEL_MIN_BYTES {
+            return blocks.iter().map(|b| self.prepare(b)).collect();
+        }
+        let per_thread = blocks.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = blocks
+                .chunks(per_thread)
+                .map(|part| s.spawn(move || part.iter().map(|b| self.prepare(b)).collect()))
+                .collect();
+            let mut out = Vec::with_capacity(blocks.len());
+            for w in workers {
+                let part: Result<Vec<Prepared>> = w
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                out.extend(part?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Appends `rec` unless its block was stored since it was prepared.
+    fn append_if_new(&self, writer: &mut PackWriter, rec: &EncodedRecord) -> Result<()> {
+        let h = &rec.header;
+        if self.contains(&h.id)? {
+            return Ok(());
+        }
+        let (pack, offset) = writer.append(&rec.bytes)?;
+        let loc = Location {
+            pack,
+            offset,
+            stored_len: h.payload_len,
+            raw_len: h.raw_len,
+            flags: h.flags,
+        };
+        write(&self.pending).insert(h.id, loc);
+        Ok(())
+    }
+
+    fn location(&self, id: &BlockId) -> Result<Option<Location>> {
+        if let Some(loc) = read(&self.pending).get(id) {
+            return Ok(Some(*loc));
+        }
+        index::lookup(&self.index, &self.dir, id)
+    }
+
+    fn reader(&self, pack: PackId, path: &Path) -> io::Result<Arc<File>> {
+        if let Some(f) = read(&self.readers).get(&pack) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(File::open(path)?);
+        let mut readers = write(&self.readers);
+        if readers.len() >= MAX_OPEN_READERS {
+            readers.clear();
+        }
+        Ok(readers.entry(pack).or_insert(file).clone())
+    }
+
+    /// Reads and checks the record of `id` at `loc`: never returns wrong bytes.
+    fn read_block(&self, id: &BlockId, loc: &Location) -> Result<Vec<u8>> {
+        let path = self.pack_path(loc.pack);
+        let corrupt = |detail: String| {
+            tracing::error!(path = %path.display(), offset = loc.offset, block = %id,
+                "corrupt block: {detail}");
+            Error::Corrupt {
+                path: path.clone(),
+                offset: loc.offset,
+                detail,
+            }
+        };
+        let read_at = |file: &File, buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(corrupt(format!(
+                "the pack ends inside the record ({} bytes at {at})",
+                buf.len()
+            ))),
+            Err(e) => Err(Error::Io {
+                path: path.clone(),
+                source: e,
+            }),
+        };
+        let file = match self.reader(loc.pack, &path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(corrupt("the pack file is missing".into()))
+            }
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let mut hb = [0u8; RECORD_HEADER_LEN];
+        read_at(&file, &mut hb, loc.offset)?;
+        let header = RecordHeader::decode(&hb).map_err(corrupt)?;
+        if header.id != *id {
+            return Err(corrupt(format!(
+                "the record there holds block {}",
+                header.id
+            )));
+        }
+        if !loc.matches(&header) {
+            return Err(corrupt(format!(
+                "record header ({} stored, {} raw, flags {:#04x}) disagrees with the index \
+                 ({} stored, {} raw, flags {:#04x})",
+                header.payload_len,
+                header.raw_len,
+                header.flags,
+                loc.stored_len,
+                loc.raw_len,
+                loc.flags
+            )));
+        }
+        let mut payload = vec![0u8; header.payload_len as usize];
+        read_at(&file, &mut payload, loc.offset + RECORD_HEADER_LEN as u64)?;
+        record::open_payload(&header, payload).map_err(corrupt)
+    }
+}
+
+/// Creates `dir` (and missing parents) and fsyncs its parent so the entry survives.
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(parent))?;
+    }
+    Ok(())
+}
+
+impl Drop for BlockStore {
+    fn drop(&mut self) {
+        if let Err(e) = lock(&self.writer).close() {
+            tracing::error!("closing the block store: {e}");
+        }
+    }
+}
