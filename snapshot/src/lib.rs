@@ -1,66 +1,37 @@
-//! strata-snapshot: the versioned filesystem model (no FUSE types here).
-//! API CONTRACT used by fs/ and cli/ (bodies being written):
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+//! strata-snapshot: the versioned filesystem model. No FUSE types here.
+//!
+//! Owns: inodes, directory entries, xattrs, block maps, generations, write buffering and
+//! the commit protocol. Every POSIX operation is implemented once here (on `Store`, for
+//! the live generation) and translated by `fs`.
+//!
+//! Invariants:
+//! - Every metadata record is stored under the generation that wrote it (`keys`), and
+//!   reads see the newest version visible from the live generation (`meta`).
+//! - A crash recovers exactly the state of the last commit: a commit is one atomic sled
+//!   batch, applied only after the pack data it references is fsynced (`store`).
+//! - sled is reached only through `meta`; packs only through the blockstore.
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{path} is not a strata store (no strata.toml); create one with `strata init`")]
-    NotAStore { path: PathBuf },
-    #[error("{path}: store format version {found} is not supported (this strata reads version {supported})")]
-    UnknownVersion { path: PathBuf, found: u32, supported: u32 },
-    #[error("{path} is in use by another process (pid {pid:?}); unmount it first")]
-    Locked { path: PathBuf, pid: Option<u32> },
-    #[error("{0}")]
-    Invalid(String),
-}
-pub type Result<T> = std::result::Result<T, Error>;
+mod attrs;
+mod codec;
+mod config;
+mod data;
+mod durable;
+mod error;
+mod generation;
+mod inode;
+mod keys;
+pub mod lock;
+mod meta;
+mod namespace;
+mod store;
+mod types;
+mod verify;
 
-#[derive(Clone, Debug)]
-pub struct InitOptions {
-    pub block_size: u32,
-    pub compression_level: i32,
-}
-
-pub struct Store {}
-
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Stats {
-    pub logical_bytes: u64,
-    pub stored_bytes: u64,
-    pub dedup_ratio: f64,
-    pub compression_ratio: f64,
-    pub blocks: u64,
-    pub files: u64,
-    pub directories: u64,
-    pub pack_files: u64,
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct VerifyReport {
-    pub blocks_checked: u64,
-    pub bytes_checked: u64,
-    pub inodes_checked: u64,
-    pub problems: Vec<String>,
-}
-
-impl Store {
-    pub fn init(_path: &Path, _opts: &InitOptions) -> Result<()> {
-        todo!()
-    }
-    pub fn open(_path: &Path) -> Result<Arc<Store>> {
-        todo!()
-    }
-    pub fn path(&self) -> &Path {
-        todo!()
-    }
-    pub fn sync(&self) -> Result<()> {
-        todo!()
-    }
-    pub fn stats(&self) -> Result<Stats> {
-        todo!()
-    }
-    pub fn verify(&self, _progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
-        todo!()
-    }
-}
+pub use attrs::XattrFlags;
+pub use config::{StoreConfig, FORMAT_VERSION};
+pub use error::{Error, Result};
+pub use store::{InitOptions, Store};
+pub use types::*;
+pub use verify::{Stats, VerifyReport};
+#[cfg(test)]
+mod tests;

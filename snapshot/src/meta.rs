@@ -1,0 +1,333 @@
+//! The metadata store: the one module that speaks to sled.
+//!
+//! Owns the sled database (`STORE/meta/`) and, above it, the *overlay*: every change made
+//! since the last commit, as raw key → value (`None` = remove the key). Reads merge the
+//! overlay over sled, so callers see their own changes at once; `commit` writes the
+//! whole overlay as one atomic sled batch, flushes, and fsyncs sled's files. A crash
+//! therefore always recovers the state of some commit: never half a rename, never a
+//! block map without its inode.
+//!
+//! Versioned records (see `keys`) are read "as of" the live generation: the newest
+//! version written by the live generation or its nearest ancestor wins; a tombstone
+//! hides the record. The overlay only ever holds versions of the live generation (and
+//! unversioned keys).
+//!
+//! Invariant: callers hold the store's state mutex around every call (the overlay is
+//! plain data); sled itself is thread-safe and is also read by the blockstore.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use crate::codec::{PRESENT, TOMBSTONE};
+use crate::error::{Error, Result};
+use crate::keys::{self, GEN_SUFFIX_LEN};
+use crate::types::GenerationId;
+
+pub const META_DIR: &str = "meta";
+const TREE: &str = "meta";
+pub const BLOCK_INDEX_TREE: &str = "blocks";
+
+pub struct Meta {
+    db: sled::Db,
+    tree: sled::Tree,
+    dir: PathBuf,
+    live: GenerationId,
+    ancestors: HashSet<u64>,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    syncer: crate::durable::TreeSyncer,
+}
+
+impl Meta {
+    pub fn open(store: &Path) -> Result<Meta> {
+        let dir = store.join(META_DIR);
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(64 << 20)
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree(TREE)?;
+        Ok(Meta {
+            db,
+            tree,
+            dir,
+            live: GenerationId(0),
+            ancestors: HashSet::new(),
+            overlay: BTreeMap::new(),
+            syncer: Default::default(),
+        })
+    }
+
+    /// The sled tree that the blockstore keeps its index in.
+    pub fn block_index_tree(&self) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(BLOCK_INDEX_TREE)?)
+    }
+
+    /// Sets the generation that reads are made as of and writes go to.
+    pub fn set_live(
+        &mut self,
+        live: GenerationId,
+        ancestors: impl IntoIterator<Item = GenerationId>,
+    ) {
+        self.live = live;
+        self.ancestors = ancestors.into_iter().map(|g| g.0).collect();
+    }
+
+    fn visible(&self, gen: GenerationId) -> bool {
+        gen == self.live || self.ancestors.contains(&gen.0)
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.overlay.is_empty()
+    }
+
+    // ---- unversioned keys ----
+
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    // ---- versioned records ----
+
+    /// The payload of the newest version of `base` visible from the live generation.
+    pub fn get(&self, base: &[u8]) -> Result<Option<Vec<u8>>> {
+        let live_key = keys::versioned(base, self.live);
+        match self.overlay.get(&live_key) {
+            Some(Some(v)) => return unwrap_envelope(&live_key, v),
+            Some(None) => {}
+            None => {
+                if let Some(v) = self.tree.get(&live_key)? {
+                    return unwrap_envelope(&live_key, &v);
+                }
+            }
+        }
+        if self.ancestors.is_empty() {
+            return Ok(None);
+        }
+        // Nearest ancestor: the highest visible generation below live.
+        let lo = keys::versioned(base, GenerationId(0));
+        for item in self.tree.range(lo..live_key).rev() {
+            let (k, v) = item?;
+            let (_, gen) = keys::split_versioned(&k);
+            if self.ancestors.contains(&gen.0) {
+                return unwrap_envelope(&k, &v);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether an ancestor of the live generation holds a non-tombstone version.
+    fn ancestor_has(&self, base: &[u8]) -> Result<bool> {
+        if self.ancestors.is_empty() {
+            return Ok(false);
+        }
+        let lo = keys::versioned(base, GenerationId(0));
+        let hi = keys::versioned(base, self.live);
+        for item in self.tree.range(lo..hi).rev() {
+            let (k, v) = item?;
+            let (_, gen) = keys::split_versioned(&k);
+            if self.ancestors.contains(&gen.0) {
+                return Ok(v.first() == Some(&PRESENT));
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn put(&mut self, base: &[u8], payload: &[u8]) {
+        let mut v = Vec::with_capacity(payload.len() + 1);
+        v.push(PRESENT);
+        v.extend_from_slice(payload);
+        self.overlay
+            .insert(keys::versioned(base, self.live), Some(v));
+    }
+
+    /// Removes `base` as seen from the live generation: drops the live version, and
+    /// writes a tombstone if an ancestor's version would otherwise show through.
+    pub fn delete(&mut self, base: &[u8]) -> Result<()> {
+        let k = keys::versioned(base, self.live);
+        if self.ancestor_has(base)? {
+            self.overlay.insert(k, Some(vec![TOMBSTONE]));
+        } else {
+            self.overlay.insert(k, None);
+        }
+        Ok(())
+    }
+
+    /// Every record visible from the live generation whose base starts with `prefix`,
+    /// as (base, payload), in key order.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let hi = prefix_end(prefix);
+        self.scan_range(prefix, hi.as_deref())
+    }
+
+    /// Like `scan`, for bases in `[lo, hi)` (`hi = None`: to the end of the keyspace).
+    pub fn scan_range(&self, lo: &[u8], hi: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // (base, gen, value) of the best visible version of the current base.
+        let mut cur: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
+        let flush =
+            |cur: &mut Option<(Vec<u8>, Option<Vec<u8>>)>, out: &mut Vec<_>| -> Result<()> {
+                if let Some((base, Some(v))) = cur.take() {
+                    if let Some(p) = unwrap_envelope(&base, &v)? {
+                        out.push((base, p));
+                    }
+                }
+                Ok(())
+            };
+        for (k, v) in self.merged_range(lo, hi)? {
+            if k.len() < GEN_SUFFIX_LEN + 1 {
+                continue;
+            }
+            let (base, gen) = keys::split_versioned(&k);
+            if cur.as_ref().map(|(b, _)| b.as_slice()) != Some(base) {
+                flush(&mut cur, &mut out)?;
+                cur = Some((base.to_vec(), None));
+            }
+            if self.visible(gen) {
+                // Versions come in ascending generation order; the highest visible one
+                // is the nearest (ids grow down every chain).
+                cur.as_mut().unwrap().1 = Some(v);
+            }
+        }
+        flush(&mut cur, &mut out)?;
+        Ok(out)
+    }
+
+    /// Raw keys in `[lo, hi)`, overlay merged over sled.
+    fn merged_range(&self, lo: &[u8], hi: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let upper = match hi {
+            Some(h) => Bound::Excluded(h.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let range = (Bound::Included(lo.to_vec()), upper);
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for item in self.tree.range::<Vec<u8>, _>(range.clone()) {
+            let (k, v) = item?;
+            merged.insert(k.to_vec(), Some(v.to_vec()));
+        }
+        for (k, v) in self.overlay.range::<Vec<u8>, _>(range) {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Makes the overlay durable as one atomic batch. On failure the overlay is kept.
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.overlay.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in &self.overlay {
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
+            self.tree.apply_batch(batch)?;
+            self.overlay.clear();
+        }
+        self.flush()
+    }
+
+    /// Flushes sled (including anything the blockstore inserted into its index) and
+    /// fsyncs its files and directory.
+    pub fn flush(&mut self) -> Result<()> {
+        self.db.flush()?;
+        self.syncer.sync(&self.dir)
+    }
+}
+
+fn unwrap_envelope(key: &[u8], v: &[u8]) -> Result<Option<Vec<u8>>> {
+    match v.first() {
+        Some(&PRESENT) => Ok(Some(v[1..].to_vec())),
+        Some(&TOMBSTONE) => Ok(None),
+        _ => Err(Error::BadRecord {
+            key: format!("{key:?}"),
+            detail: "bad envelope byte".into(),
+        }),
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+    use crate::types::InodeNo;
+
+    #[test]
+    fn overlay_reads_scan_and_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Meta::open(dir.path()).unwrap();
+        m.set_live(GenerationId(1), []);
+        let a = keys::dirent(InodeNo(1), b"a");
+        let b = keys::dirent(InodeNo(1), b"b");
+        m.put(&a, b"A");
+        m.put(&b, b"B");
+        assert_eq!(m.get(&a).unwrap(), Some(b"A".to_vec()));
+        m.commit().unwrap();
+        m.delete(&a).unwrap();
+        assert_eq!(m.get(&a).unwrap(), None);
+        let listed = m.scan(&keys::dir_prefix(InodeNo(1))).unwrap();
+        assert_eq!(listed, vec![(b.clone(), b"B".to_vec())]);
+        m.commit().unwrap();
+        drop(m);
+        let mut m = Meta::open(dir.path()).unwrap();
+        m.set_live(GenerationId(1), []);
+        assert_eq!(m.get(&a).unwrap(), None);
+        assert_eq!(m.get(&b).unwrap(), Some(b"B".to_vec()));
+    }
+
+    #[test]
+    fn ancestors_show_through_and_tombstones_hide() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Meta::open(dir.path()).unwrap();
+        let a = keys::dirent(InodeNo(1), b"a");
+        let b = keys::dirent(InodeNo(1), b"b");
+        m.set_live(GenerationId(1), []);
+        m.put(&a, b"A1");
+        m.put(&b, b"B1");
+        m.commit().unwrap();
+        // Generation 2 is a sibling branch, 3 a child of 1.
+        m.set_live(GenerationId(2), [GenerationId(1)]);
+        m.put(&a, b"A2");
+        m.commit().unwrap();
+        m.set_live(GenerationId(3), [GenerationId(1)]);
+        assert_eq!(m.get(&a).unwrap(), Some(b"A1".to_vec()));
+        m.delete(&b).unwrap();
+        assert_eq!(m.get(&b).unwrap(), None);
+        m.commit().unwrap();
+        assert_eq!(
+            m.scan(&keys::dir_prefix(InodeNo(1))).unwrap(),
+            vec![(a.clone(), b"A1".to_vec())]
+        );
+        m.set_live(GenerationId(1), []);
+        assert_eq!(m.get(&b).unwrap(), Some(b"B1".to_vec()));
+    }
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+}

@@ -1,0 +1,365 @@
+//! `Store`: an open store directory — its superblock, lock, metadata, blocks, and the
+//! live generation's in-memory state (the overlay and buffered file data).
+//!
+//! Locking: `state` (one mutex) guards all metadata and buffered data. Block fetches and
+//! decompression for reads of committed data run outside it. The background committer
+//! takes the same mutex to commit. Lock order: `state` before the blockstore's internal
+//! locks; nothing takes `state` while holding a blockstore lock.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use strata_blockstore::{self as blockstore, BlockStore};
+
+use crate::codec::InodeRecord;
+use crate::config::{StoreConfig, CONFIG_FILE};
+use crate::error::{Error, Result};
+use crate::generation::{self, GenerationRecord};
+use crate::keys;
+use crate::lock::StoreLock;
+use crate::meta::{Meta, META_DIR};
+use crate::types::{FileKind, GenerationId, InodeNo, Timestamp};
+
+pub const PACKS_DIR: &str = "packs";
+/// Largest pack file before it is sealed.
+const MAX_PACK_SIZE: u64 = 256 << 20;
+/// Buffered file data above which a background commit is started.
+const DIRTY_SOFT_LIMIT: usize = 64 << 20;
+/// Buffered file data above which writers commit before buffering more.
+const DIRTY_HARD_LIMIT: usize = 192 << 20;
+
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub block_size: u32,
+    pub compression_level: i32,
+}
+
+/// Buffered (not yet committed) content of one file: whole blocks, by block index.
+#[derive(Default)]
+pub(crate) struct DirtyFile {
+    pub blocks: std::collections::BTreeMap<u64, Box<[u8]>>,
+}
+
+pub(crate) struct State {
+    pub meta: Meta,
+    pub dirty: HashMap<InodeNo, DirtyFile>,
+    pub dirty_bytes: usize,
+    /// References per inode: open handles plus kernel lookups (an unlinked inode lives
+    /// while this is non-zero).
+    pub open: HashMap<InodeNo, u64>,
+    pub next_ino: u64,
+    pub next_gen: u64,
+    /// Set after a failed commit: later writes are refused (never pretend after a failed
+    /// fsync).
+    pub poisoned: Option<String>,
+}
+
+pub struct Store {
+    pub(crate) path: PathBuf,
+    pub(crate) config: StoreConfig,
+    pub(crate) blocks: BlockStore,
+    pub(crate) state: Mutex<State>,
+    background: Mutex<Option<JoinHandle<()>>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    _lock: StoreLock,
+}
+
+const STATE_NEXT_INO: &str = "next_ino";
+const STATE_NEXT_GEN: &str = "next_gen";
+const STATE_LIVE_GEN: &str = "live_gen";
+
+impl Store {
+    /// Creates a new, empty store in `path` (created if missing; must be empty).
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<()> {
+        let cfg = StoreConfig::new(opts.block_size, opts.compression_level)?;
+        if path.join(CONFIG_FILE).exists() {
+            return Err(Error::Invalid(format!(
+                "{} is already a strata store",
+                path.display()
+            )));
+        }
+        match std::fs::read_dir(path) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(Error::Invalid(format!(
+                        "{} is not empty; a new store needs an empty or missing directory",
+                        path.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(Error::Invalid(format!(
+                    "{} exists and is not a directory",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let lock = StoreLock::acquire(path)?;
+        std::fs::create_dir_all(path.join(PACKS_DIR))
+            .map_err(|e| Error::io(path.join(PACKS_DIR), e))?;
+        {
+            let mut meta = Meta::open(path)?;
+            let live = GenerationId(1);
+            meta.set_live(live, []);
+            let now = Timestamp::now();
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let root = InodeRecord {
+                kind: FileKind::Dir,
+                perm: 0o755,
+                uid,
+                gid,
+                nlink: 2,
+                size: 0,
+                blocks: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                rdev: 0,
+                parent: InodeNo::ROOT,
+                target: Vec::new(),
+            };
+            meta.put(&keys::inode(InodeNo::ROOT), &root.encode());
+            meta.put_raw(
+                keys::generation(live),
+                GenerationRecord::new_live(None, now).encode(),
+            );
+            meta.put_raw(keys::state(STATE_LIVE_GEN), live.0.to_le_bytes().to_vec());
+            meta.put_raw(keys::state(STATE_NEXT_GEN), 2u64.to_le_bytes().to_vec());
+            meta.put_raw(
+                keys::state(STATE_NEXT_INO),
+                InodeNo::FIRST_FREE.to_le_bytes().to_vec(),
+            );
+            meta.commit()?;
+        }
+        crate::durable::fsync_dir(&path.join(META_DIR))?;
+        // strata.toml last: a directory without it is not (yet) a store.
+        cfg.write_new(path)?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// Opens the store at `path`, taking its lock. Unlinked-but-open inodes left by a
+    /// crash are removed.
+    pub fn open(path: &Path) -> Result<Arc<Store>> {
+        let meta_md = std::fs::metadata(path);
+        match meta_md {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::NotAStore {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Invalid(format!(
+                    "store {} does not exist; create it with `strata init {}`",
+                    path.display(),
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let path = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        let config = StoreConfig::load(&path)?;
+        let lock = StoreLock::acquire(&path)?;
+        let mut meta = Meta::open(&path)?;
+        let read_u64 = |meta: &Meta, name: &str| -> Result<u64> {
+            let v = meta
+                .get_raw(&keys::state(name))?
+                .ok_or_else(|| Error::BadRecord {
+                    key: name.into(),
+                    detail: "missing".into(),
+                })?;
+            Ok(u64::from_le_bytes(v.as_slice().try_into().map_err(
+                |_| Error::BadRecord {
+                    key: name.into(),
+                    detail: "not 8 bytes".into(),
+                },
+            )?))
+        };
+        let live = GenerationId(read_u64(&meta, STATE_LIVE_GEN)?);
+        let next_gen = read_u64(&meta, STATE_NEXT_GEN)?;
+        let next_ino = read_u64(&meta, STATE_NEXT_INO)?;
+        let ancestors = generation::ancestors(&meta, live)?;
+        meta.set_live(live, ancestors);
+        let blocks = BlockStore::open(
+            &path.join(PACKS_DIR),
+            meta.block_index_tree()?,
+            blockstore::Config {
+                compression_level: config.compression_level,
+                max_pack_size: MAX_PACK_SIZE,
+            },
+        )?;
+        let store = Arc::new(Store {
+            path,
+            config,
+            blocks,
+            state: Mutex::new(State {
+                meta,
+                dirty: HashMap::new(),
+                dirty_bytes: 0,
+                open: HashMap::new(),
+                next_ino,
+                next_gen,
+                poisoned: None,
+            }),
+            background: Mutex::new(None),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            _lock: lock,
+        });
+        store.remove_orphans()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the background committer: buffered changes become durable within the
+    /// store's commit interval, or sooner when much data is buffered.
+    pub fn start_background(self: &Arc<Self>) {
+        let mut bg = self.background.lock().unwrap();
+        if bg.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = Duration::from_secs(self.config.commit_interval_secs.max(1));
+        *bg = Some(
+            std::thread::Builder::new()
+                .name("strata-commit".into())
+                .spawn(move || loop {
+                    let Some(store) = weak.upgrade() else { return };
+                    if store.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    {
+                        let st = store.lock();
+                        let st = if st.dirty_bytes < DIRTY_SOFT_LIMIT {
+                            store.wake.wait_timeout(st, interval).unwrap().0
+                        } else {
+                            st
+                        };
+                        drop(st);
+                    }
+                    if store.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Err(e) = store.sync() {
+                        tracing::error!(error = %e, "background commit failed");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                })
+                .expect("spawn commit thread"),
+        );
+    }
+
+    /// Called after buffering data: wakes the committer past the soft limit, and commits
+    /// inline past the hard limit (back-pressure on writers).
+    pub(crate) fn after_dirtying(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
+        if st.dirty_bytes >= DIRTY_HARD_LIMIT {
+            self.commit_locked(st)?;
+        } else if st.dirty_bytes >= DIRTY_SOFT_LIMIT {
+            self.wake.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Makes every change so far durable (fsync, syncfs, unmount).
+    pub fn sync(&self) -> Result<()> {
+        let mut st = self.lock();
+        self.commit_locked(&mut st)
+    }
+
+    /// The commit protocol (docs/metadata.md): seal buffered blocks into packs, fsync the
+    /// packs and record them in the block index, then apply all metadata changes as one
+    /// atomic batch and flush/fsync sled.
+    pub(crate) fn commit_locked(&self, st: &mut State) -> Result<()> {
+        if let Some(p) = &st.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        if st.dirty.is_empty() && !st.meta.is_dirty() {
+            return Ok(());
+        }
+        self.seal_dirty(st)?;
+        if let Err(e) = self.blocks.sync() {
+            st.poisoned = Some(e.to_string());
+            return Err(e.into());
+        }
+        st.meta.put_raw(
+            keys::state(STATE_NEXT_INO),
+            st.next_ino.to_le_bytes().to_vec(),
+        );
+        st.meta.put_raw(
+            keys::state(STATE_NEXT_GEN),
+            st.next_gen.to_le_bytes().to_vec(),
+        );
+        if let Err(e) = st.meta.commit() {
+            st.poisoned = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops the background committer and commits everything.
+    pub fn close(&self) -> Result<()> {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_all();
+        if let Some(h) = self.background.lock().unwrap().take() {
+            let _ = h.join();
+        }
+        // Nobody refers to unlinked inodes any more.
+        self.lock().open.clear();
+        self.remove_orphans()?;
+        self.sync()
+    }
+
+    fn remove_orphans(&self) -> Result<()> {
+        let mut st = self.lock();
+        let orphans = st.meta.scan(&[keys::ORPHAN])?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        for (base, _) in orphans {
+            let ino = keys::key_ino(&base);
+            tracing::info!(
+                ino = ino.0,
+                "removing inode unlinked while open before a crash"
+            );
+            self.destroy_inode(&mut st, ino)?;
+        }
+        self.commit_locked(&mut st)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_all();
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if st.poisoned.is_none() && (!st.dirty.is_empty() || st.meta.is_dirty()) {
+            tracing::warn!("store dropped with uncommitted changes; call close() to keep them");
+        }
+    }
+}
