@@ -1,7 +1,27 @@
-//! strata-fs: FUSE adapter. API CONTRACT used by cli/ (bodies being written):
-use std::path::Path;
+//! strata-fs: the FUSE adapter.
+//!
+//! Owns: translation of kernel requests into `strata_snapshot::Store` calls (`adapter`),
+//! the one errno mapping (`errno`), open handles (`handles`), and the mount lifecycle
+//! (this file). Never touches sled or pack files.
+//!
+//! Lifecycle: `mount` returns once the kernel has completed FUSE INIT; `Mounted::wait`
+//! returns when the filesystem is unmounted (by anyone), after committing everything
+//! and closing the store.
+
+mod adapter;
+mod errno;
+mod handles;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use strata_snapshot::Store;
+
+pub use adapter::StrataFs;
+pub use errno::errno;
 
 #[derive(Clone, Debug)]
 pub struct MountOptions {
@@ -11,31 +31,117 @@ pub struct MountOptions {
     pub fsname: String,
 }
 
-/// A live mount. `wait` blocks until the filesystem is unmounted (by `strata umount`,
-/// `umount`, or `Unmounter::unmount`), then commits everything and returns.
-pub struct Mounted {}
-
-/// Clonable handle that unmounts the mount from another thread (signal handler thread).
-#[derive(Clone)]
-pub struct Unmounter {}
-
-impl Unmounter {
-    pub fn unmount(&self) -> std::io::Result<()> {
-        todo!()
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            threads: 4,
+            fsname: "strata".into(),
+        }
     }
 }
 
-/// Mounts `store` at `mountpoint`; returns once the kernel has completed FUSE INIT,
-/// i.e. the mount is ready for use.
-pub fn mount(_store: Arc<Store>, _mountpoint: &Path, _opts: &MountOptions) -> std::io::Result<Mounted> {
-    todo!()
+/// A live mount.
+pub struct Mounted {
+    session: BackgroundSession,
+    store: Arc<Store>,
+    unmounter: Unmounter,
+}
+
+/// Clonable handle that unmounts the mount from another thread (e.g. on a signal).
+#[derive(Clone)]
+pub struct Unmounter {
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts; if the mount is busy, detaches it (lazy unmount) so the daemon can
+    /// finish once the last open file is closed.
+    pub fn unmount(&self) -> std::io::Result<()> {
+        let c = CString::new(self.mountpoint.as_os_str().as_bytes())?;
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EBUSY) => {
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+                    return Ok(());
+                }
+                Err(std::io::Error::last_os_error())
+            }
+            Some(libc::EPERM) => {
+                let st = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.mountpoint)
+                    .status()?;
+                if st.success() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other(format!(
+                        "fusermount3 -u failed: {st}"
+                    )))
+                }
+            }
+            Some(libc::EINVAL) => Ok(()), // not mounted (any more)
+            _ => Err(err),
+        }
+    }
+}
+
+/// Mounts `store` at `mountpoint` and serves it on background threads; returns once
+/// the kernel has completed FUSE INIT, i.e. the mount is ready for use.
+pub fn mount(
+    store: Arc<Store>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<Mounted> {
+    let mut options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RW,
+    ];
+    if unsafe { libc::geteuid() } == 0 {
+        options.push(MountOption::Dev);
+        options.push(MountOption::Suid);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    store.start_background();
+    let fs = StrataFs::new(store.clone());
+    let session = Session::new(fs, mountpoint, &config)?;
+    let session = session.spawn()?;
+    tracing::info!(mountpoint = %mountpoint.display(), store = %store.path().display(), "mounted");
+    Ok(Mounted {
+        session,
+        store,
+        unmounter: Unmounter {
+            mountpoint: mountpoint.to_path_buf(),
+        },
+    })
 }
 
 impl Mounted {
     pub fn unmounter(&self) -> Unmounter {
-        todo!()
+        self.unmounter.clone()
     }
+
+    /// Blocks until the filesystem is unmounted, then commits everything and closes the
+    /// store.
     pub fn wait(self) -> std::io::Result<()> {
-        todo!()
+        let Mounted { session, store, .. } = self;
+        let served = session.join();
+        if let Err(e) = &served {
+            tracing::warn!(error = %e, "FUSE session ended with an error");
+        }
+        store
+            .close()
+            .map_err(|e| std::io::Error::other(format!("final commit failed: {e}")))?;
+        tracing::info!("unmounted; store committed and closed");
+        Ok(())
     }
 }

@@ -1,0 +1,64 @@
+//! The one place where snapshot errors become errno values. Every variant is matched
+//! explicitly (no catch-all), so a new error kind must be mapped on purpose.
+
+use fuser::Errno;
+use strata_blockstore as _;
+use strata_snapshot::Error;
+
+pub fn errno(e: &Error) -> Errno {
+    let code = match e {
+        Error::NotFound => libc::ENOENT,
+        Error::Exists => libc::EEXIST,
+        Error::NotDir => libc::ENOTDIR,
+        Error::IsDir => libc::EISDIR,
+        Error::NotEmpty => libc::ENOTEMPTY,
+        Error::NameTooLong => libc::ENAMETOOLONG,
+        Error::InvalidArgument(_) => libc::EINVAL,
+        Error::NotPermitted => libc::EPERM,
+        Error::NoAttribute => libc::ENODATA,
+        Error::AttributeTooBig => libc::E2BIG,
+        Error::ReadOnly => libc::EROFS,
+        Error::NoSpace => libc::ENOSPC,
+        Error::NoDataPast => libc::ENXIO,
+        Error::NotSupported(_) => libc::EOPNOTSUPP,
+        Error::FileTooBig => libc::EFBIG,
+        Error::TooManyLinks => libc::EMLINK,
+        Error::Block(b) => match b {
+            strata_blockstore::Error::NoSpace { .. } => libc::ENOSPC,
+            strata_blockstore::Error::Io { .. }
+            | strata_blockstore::Error::Corrupt { .. }
+            | strata_blockstore::Error::NotFound(_)
+            | strata_blockstore::Error::Index(_) => libc::EIO,
+        },
+        Error::Io { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOSPC) => libc::ENOSPC,
+            Some(libc::EDQUOT) => libc::EDQUOT,
+            _ => libc::EIO,
+        },
+        Error::NotAStore { .. }
+        | Error::UnknownVersion { .. }
+        | Error::Locked { .. }
+        | Error::Invalid(_)
+        | Error::Meta(_)
+        | Error::BadRecord { .. }
+        | Error::Poisoned(_) => libc::EIO,
+    };
+    Errno::from_i32(code)
+}
+
+/// Whether an error is a fault of the store (logged at error level) rather than an
+/// ordinary answer to the caller (ENOENT, EEXIST, ...).
+pub fn is_fault(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Block(_)
+            | Error::Io { .. }
+            | Error::Meta(_)
+            | Error::BadRecord { .. }
+            | Error::Poisoned(_)
+            | Error::NotAStore { .. }
+            | Error::UnknownVersion { .. }
+            | Error::Locked { .. }
+            | Error::Invalid(_)
+    )
+}

@@ -1,0 +1,39 @@
+//! Open file and directory handles. A directory handle holds the listing taken at
+//! opendir, so readdir offsets stay stable while the directory changes (entries added
+//! or removed meanwhile may or may not show, as POSIX allows).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use strata_snapshot::{DirEntry, InodeNo};
+
+pub enum Handle {
+    File(InodeNo),
+    Dir(Arc<Vec<DirEntry>>),
+}
+
+#[derive(Default)]
+pub struct Handles {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Handle>>,
+}
+
+impl Handles {
+    pub fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.lock().unwrap().insert(fh, h);
+        fh
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Handle> {
+        self.map.lock().unwrap().remove(&fh)
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+        match self.map.lock().unwrap().get(&fh) {
+            Some(Handle::Dir(d)) => Some(d.clone()),
+            _ => None,
+        }
+    }
+}
