@@ -1,2 +1,96 @@
-//! The `strata` command (being written).
-fn main() {}
+//! The `strata` command: clap definitions and dispatch to `commands::*`.
+//!
+//! Every command returns `anyhow::Result<ExitCode>`; an error is printed once, here, as
+//! `strata: error: <message>` on one line (the anyhow chain joined with ": "), and exits 1,
+//! or 2 for invalid values on the command line (see `error::UsageError`).
+
+mod commands;
+mod daemon;
+mod error;
+mod lock;
+mod logging;
+mod mountinfo;
+mod paths;
+mod size;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+/// strata: a copy-on-write, snapshotting filesystem in user space (FUSE).
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, propagate_version = true)]
+struct Cli {
+    /// More log output: -v info, -vv debug, -vvv trace (overrides RUST_LOG).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new store in an empty or new directory.
+    Init(commands::init::Args),
+    /// Mount a store; returns once the mount is ready (the daemon keeps running).
+    Mount(commands::mount::Args),
+    /// Unmount a strata mount and wait until its daemon has flushed and released the store.
+    Umount(commands::umount::Args),
+    /// Check every block and inode of an unmounted store.
+    Verify(commands::verify::Args),
+    /// Show space use: logical and stored bytes, dedup and compression ratios.
+    Stats(commands::stats::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let role = match &cli.command {
+        Command::Mount(args) if args.foreground => logging::Role::Daemon,
+        _ => logging::Role::Command,
+    };
+    logging::init(cli.verbose, role);
+
+    let result = match cli.command {
+        Command::Init(args) => commands::init::run(&args),
+        Command::Mount(args) => commands::mount::run(&args, cli.verbose),
+        Command::Umount(args) => commands::umount::run(&args),
+        Command::Verify(args) => commands::verify::run(&args),
+        Command::Stats(args) => commands::stats::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => error::report(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mount_takes_one_or_two_paths() {
+        let cli = Cli::try_parse_from(["strata", "mount", "/mnt/x"]).unwrap();
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(args.paths.len(), 1);
+        let cli =
+            Cli::try_parse_from(["strata", "-v", "mount", "/s", "/m", "--foreground"]).unwrap();
+        assert_eq!(cli.verbose, 1);
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(args.paths.len(), 2);
+        assert!(args.foreground);
+        assert!(Cli::try_parse_from(["strata", "mount"]).is_err());
+        assert!(Cli::try_parse_from(["strata", "mount", "a", "b", "c"]).is_err());
+    }
+}

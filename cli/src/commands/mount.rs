@@ -1,0 +1,75 @@
+//! `strata mount [STORE] MOUNTPOINT [--foreground]`: check the store and the mount point
+//! here, where errors print straight to the user, then hand over to `daemon`: either start
+//! a detached daemon and wait for its word that the mount is ready, or be the daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::error::UsageError;
+use crate::{daemon, mountinfo, paths, store};
+
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "strata mount [OPTIONS] [STORE] MOUNTPOINT")]
+pub struct Args {
+    /// [STORE] MOUNTPOINT. Without STORE, the default store is used: $STRATA_DEFAULT_STORE
+    /// or /var/lib/strata/default, created with default options if missing.
+    #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Stay attached instead of starting a daemon; SIGINT/SIGTERM unmount cleanly.
+    #[arg(long)]
+    pub foreground: bool,
+
+    /// FUSE worker threads [default: the number of CPUs, at most 8].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl Args {
+    /// The STORE argument, if given, and the MOUNTPOINT argument.
+    fn store_and_mount_point(&self) -> (Option<&Path>, &Path) {
+        match self.paths.as_slice() {
+            [mount_point] => (None, mount_point),
+            [store, mount_point, ..] => (Some(store), mount_point),
+            [] => unreachable!("clap requires at least one path"),
+        }
+    }
+}
+
+/// Worker threads when `--threads` is not given.
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+}
+
+pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {
+    let threads = match args.threads {
+        Some(0) => {
+            return Err(UsageError("invalid thread count '0': must be at least 1".into()).into())
+        }
+        Some(n) => n,
+        None => default_threads(),
+    };
+    let (store_arg, mount_point_arg) = args.store_and_mount_point();
+    if args.foreground {
+        return daemon::run_foreground(store_arg, mount_point_arg, threads);
+    }
+    let (store, mount_point) = prepare(store_arg, mount_point_arg)?;
+    daemon::spawn(&store, &mount_point, verbose, threads)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves the store (the default one if `store` is `None`) and checks the mount point;
+/// returns both canonical paths.
+pub fn prepare(store: Option<&Path>, mount_point: &Path) -> Result<(PathBuf, PathBuf)> {
+    let store = match store {
+        Some(path) => store::locate(path)?,
+        None => store::default_store()?,
+    };
+    let mounts = mountinfo::read().context("cannot read /proc/self/mountinfo")?;
+    let mount_point = paths::check_mount_point(mount_point, &store, &mounts)?;
+    Ok((store, mount_point))
+}

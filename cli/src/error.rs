@@ -1,0 +1,59 @@
+//! How an error reaches the user: one line, `strata: error: <message>`, and the exit code.
+//!
+//! `UsageError` marks a bad value on the command line (exit 2, like clap's own errors);
+//! everything else exits 1.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// A value given on the command line is not acceptable (invalid size, level, ...).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Exit code for errors in the values given on the command line.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for every other failure (and for `verify` finding problems).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Prints `err` as one line on stderr and returns the exit code that fits it.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("strata: error: {}", one_line(&format!("{err:#}")));
+    if err.chain().any(|cause| cause.is::<UsageError>()) {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+/// Folds a possibly multi-line message into one line.
+pub fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn one_line_folds_newlines() {
+        assert_eq!(one_line("a\nb  c\n"), "a b c");
+    }
+
+    #[test]
+    fn usage_errors_are_found_under_context() {
+        let err = Err::<(), _>(UsageError("bad".into()))
+            .context("outer")
+            .unwrap_err();
+        assert!(err.chain().any(|c| c.is::<UsageError>()));
+        assert_eq!(format!("{err:#}"), "outer: bad");
+    }
+}
