@@ -600,6 +600,21 @@ impl Filesystem for StrataFs {
         );
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls (programs probe TCGETS on every open): "not a typewriter", quietly.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

@@ -13,7 +13,9 @@ mod errno;
 mod handles;
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,29 +93,42 @@ impl Unmounter {
 
 /// Mounts `store` at `mountpoint` and serves it on background threads; returns once
 /// the kernel has completed FUSE INIT, i.e. the mount is ready for use.
+///
+/// As root, strata calls mount(2) itself, with file-system type `fuse.strata` and the
+/// store path as the source (so `df -T` and /proc/mounts name it, and no character of
+/// the path can break an option string). Otherwise fuser mounts through fusermount3.
 pub fn mount(
     store: Arc<Store>,
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> std::io::Result<Mounted> {
-    let mut options = vec![
-        MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("strata".into()),
-        MountOption::DefaultPermissions,
-        MountOption::RW,
-    ];
-    if unsafe { libc::geteuid() } == 0 {
-        options.push(MountOption::Dev);
-        options.push(MountOption::Suid);
-    }
     let mut config = Config::default();
-    config.mount_options = options;
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     store.start_background();
     let fs = StrataFs::new(store.clone());
-    let session = Session::new(fs, mountpoint, &config)?;
+    let session = if unsafe { libc::geteuid() } == 0 {
+        let fd = kernel_mount(mountpoint, &opts.fsname)?;
+        match Session::from_fd(fs, fd, SessionACL::All, config) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = Unmounter {
+                    mountpoint: mountpoint.to_path_buf(),
+                }
+                .unmount();
+                return Err(e);
+            }
+        }
+    } else {
+        config.mount_options = vec![
+            MountOption::FSName(opts.fsname.clone()),
+            MountOption::Subtype("strata".into()),
+            MountOption::DefaultPermissions,
+            MountOption::RW,
+        ];
+        Session::new(fs, mountpoint, &config)?
+    };
     let session = session.spawn()?;
     tracing::info!(mountpoint = %mountpoint.display(), store = %store.path().display(), "mounted");
     Ok(Mounted {
@@ -123,6 +138,44 @@ pub fn mount(
             mountpoint: mountpoint.to_path_buf(),
         },
     })
+}
+
+/// Opens /dev/fuse and mounts it at `mountpoint` as `fuse.strata` (root only).
+fn kernel_mount(mountpoint: &Path, source: &str) -> std::io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| std::io::Error::new(e.kind(), format!("/dev/fuse: {e}")))?;
+    let fd: OwnedFd = dev.into();
+    let md = std::fs::metadata(mountpoint)?;
+    let data = format!(
+        "fd={},rootmode={:o},user_id=0,group_id=0,default_permissions,allow_other",
+        fd.as_raw_fd(),
+        md.mode() & libc::S_IFMT
+    );
+    let c = |s: &[u8]| CString::new(s).map_err(|_| std::io::Error::other("path with a NUL byte"));
+    let src = c(source.as_bytes())?;
+    let target = c(mountpoint.as_os_str().as_bytes())?;
+    let fstype = c(b"fuse.strata")?;
+    let data = c(data.as_bytes())?;
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("mount {}: {e}", mountpoint.display()),
+        ));
+    }
+    Ok(fd)
 }
 
 impl Mounted {
