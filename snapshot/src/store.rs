@@ -28,9 +28,9 @@ pub const PACKS_DIR: &str = "packs";
 /// Largest pack file before it is sealed.
 const MAX_PACK_SIZE: u64 = 256 << 20;
 /// Buffered file data above which a background commit is started.
-const DIRTY_SOFT_LIMIT: usize = 64 << 20;
+const DIRTY_SOFT_LIMIT: usize = 32 << 20;
 /// Buffered file data above which writers commit before buffering more.
-const DIRTY_HARD_LIMIT: usize = 192 << 20;
+const DIRTY_HARD_LIMIT: usize = 128 << 20;
 
 #[derive(Clone, Debug)]
 pub struct InitOptions {
