@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Report of scripts/bench: reads the raw results of one run, prints the table, writes
+OUTDIR/STAMP.json (everything, raw fio JSON included) and OUTDIR/STAMP.md (the table).
+
+    bench_report.py RAW_ROOT OUTDIR STAMP      (metadata in BM_* environment variables)
+
+RAW_ROOT/rN/ holds repetition N: TARGET.JOB.json (fio --output-format=json) and
+TARGET.files-PHASE.json (small-file phases); RAW_ROOT/strata.* holds the daemon's peak
+RSS, the store size and `strata stats --json`. With several repetitions the table shows
+the median of each figure.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+raw_root, outdir, stamp = sys.argv[1:4]
+E = os.environ
+meta = {
+    "date": stamp,
+    "git": E.get("BM_GIT", ""),
+    "kernel": E.get("BM_KERNEL", ""),
+    "cpus": int(E.get("BM_CPUS", "0")),
+    "memory": E.get("BM_MEM", ""),
+    "fs": E.get("BM_FS", ""),
+    "device": E.get("BM_DEVICE", ""),
+    "rotational": E.get("BM_ROTA", ""),
+    "strata_version": E.get("BM_STRATA_VERSION", ""),
+    "strata_init_args": E.get("STRATA_INIT_ARGS", ""),
+    "fio": os.popen("fio --version").read().strip(),
+    "fuse_overlayfs": os.popen("fuse-overlayfs --version 2>&1 | grep -i 'fuse-overlayfs: version'").read().strip(),
+    "sizes": {
+        "seq": E.get("BM_SEQ", ""),
+        "rand": E.get("BM_RAND", ""),
+        "rand_runtime_s": int(E.get("BM_RAND_RUNTIME", "0")),
+        "files": int(E.get("BM_FILES", "0")),
+        "file_bytes": int(E.get("BM_FILE_BYTES", "0")),
+    },
+    "repeat": int(E.get("BM_REPEAT", "1")),
+    "targets": E.get("BM_TARGETS", "").split(),
+}
+targets = meta["targets"]
+
+FIO_JOBS = {  # job -> (direction, metric, unit)
+    "seq-write": ("write", "bw", "MiB/s"),
+    "seq-read-cold": ("read", "bw", "MiB/s"),
+    "seq-read-warm": ("read", "bw", "MiB/s"),
+    "rand-read-cold": ("read", "iops", "IOPS"),
+    "rand-write-buf": ("write", "iops", "IOPS"),
+    "rand-write-fsync": ("write", "iops", "IOPS"),
+}
+FILE_PHASES = ["create", "stat-cold", "stat-warm", "unlink"]
+# DESIGN §6: row -> (reference target, factor, text)
+TARGETS_S6 = {
+    "seq-write": ("native", 0.8, "≥ 0.8× native"),
+    "seq-read-cold": ("native", 0.8, "≥ 0.8× native"),
+    "seq-read-warm": ("native", 0.9, "≥ 0.9× native"),
+    "rand-read-cold": ("overlay", 1.0, "≥ 1.0× fuse-overlayfs"),
+    "rand-write-buf": ("native", 0.2, "≥ 0.2× native"),
+    "rand-write-fsync": ("native", 0.5, "≥ 0.5× native"),
+    "files-create": ("overlay", 1.5, "≥ 1.5× fuse-overlayfs"),
+    "files-stat-cold": ("overlay", 1.5, "≥ 1.5× fuse-overlayfs"),
+    "files-stat-warm": ("overlay", 1.5, "≥ 1.5× fuse-overlayfs"),
+    "files-unlink": ("overlay", 1.5, "≥ 1.5× fuse-overlayfs"),
+    "files-total": ("overlay", 1.5, "≥ 1.5× fuse-overlayfs"),
+}
+UNITS = {**{k: v[2] for k, v in FIO_JOBS.items()}, **{"files-" + p: "files/s" for p in FILE_PHASES + ["total"]}}
+ROWS = list(FIO_JOBS) + ["files-" + p for p in FILE_PHASES] + ["files-total"]
+NAMES = {"native": "native", "overlay": "fuse-overlayfs", "strata": "strata"}
+
+reps = sorted(glob.glob(os.path.join(raw_root, "r*")), key=lambda p: int(os.path.basename(p)[1:]))
+values = {t: {row: [] for row in ROWS} for t in targets}
+fio_raw = {}
+for rep in reps:
+    r = os.path.basename(rep)
+    for t in targets:
+        for job, (d, metric, _unit) in FIO_JOBS.items():
+            p = os.path.join(rep, f"{t}.{job}.json")
+            if not os.path.exists(p):
+                continue
+            j = json.load(open(p))
+            fio_raw[f"{r}.{t}.{job}"] = j
+            x = j["jobs"][0][d]
+            values[t][job].append(x["bw_bytes"] / 2**20 if metric == "bw" else x["iops"])
+        total, complete = 0.0, True
+        for ph in FILE_PHASES:
+            p = os.path.join(rep, f"{t}.files-{ph}.json")
+            if not os.path.exists(p):
+                complete = False
+                continue
+            j = json.load(open(p))
+            values[t]["files-" + ph].append(j["ops_per_s"])
+            total += j["seconds"]
+        if complete and total > 0:
+            values[t]["files-total"].append(len(FILE_PHASES) * meta["sizes"]["files"] / total)
+
+results = {t: {row: (statistics.median(v) if v else None) for row, v in values[t].items()} for t in targets}
+extra = {}
+if "strata" in targets:
+
+    def rd(name):
+        p = os.path.join(raw_root, name)
+        return open(p).read().strip() if os.path.exists(p) else None
+
+    hwm = rd("strata.vmhwm-kib")
+    extra["daemon_vmhwm_mib"] = int(hwm) / 1024 if hwm and hwm != "0" else None
+    sb = rd("strata.store-bytes")
+    extra["store_bytes_at_end"] = int(sb) if sb else None
+    stats = rd("strata.stats.json")
+    if stats:
+        try:
+            extra["stats"] = json.loads(stats)
+        except ValueError:
+            extra["stats_text"] = stats
+
+
+def fmt(x):
+    if x is None:
+        return "–"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a is not None and b else "–"
+
+
+have = [t for t in targets if any(v is not None for v in results[t].values())]
+pairs = [(a, b) for a, b in (("strata", "native"), ("strata", "overlay"), ("overlay", "native")) if a in have and b in have]
+hdr = ["workload", "unit"] + [NAMES[t] for t in targets] + [f"{a}/{b}" for a, b in pairs] + ["§6 target", "met?"]
+lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * len(hdr)) + "|"]
+for row in ROWS:
+    cells = [row, UNITS[row]] + [fmt(results[t][row]) for t in targets]
+    cells += [ratio(results[a][row], results[b][row]) for a, b in pairs]
+    ref, factor, text = TARGETS_S6[row]
+    met = "–"
+    if "strata" in have and ref in have and results["strata"][row] is not None and results[ref][row]:
+        met = "yes" if results["strata"][row] >= factor * results[ref][row] else "**no**"
+    lines.append("| " + " | ".join(cells + [text, met]) + " |")
+if "strata" in targets:
+    lines.append("")
+    lines.append(
+        f"strata daemon peak RSS (VmHWM, max over its mounts): {fmt(extra.get('daemon_vmhwm_mib'))} MiB "
+        "(§6: ≤ 256 MiB + the configured cache)"
+    )
+table = "\n".join(lines)
+m = meta
+header = (
+    f"Run {m['date']} (git {m['git']}): {m['cpus']} CPUs, {m['memory']}, kernel {m['kernel']}, "
+    f"{m['fs']} on {m['device']} (rotational={m['rotational']}); seq {m['sizes']['seq']}, "
+    f"random {m['sizes']['rand']} (cap {m['sizes']['rand_runtime_s']} s), "
+    f"{m['sizes']['files']} files of {m['sizes']['file_bytes']} B; "
+    + (f"median of {m['repeat']} interleaved repetitions" if m["repeat"] > 1 else "1 repetition")
+    + (f"; strata init args: {m['strata_init_args']}" if m["strata_init_args"] else "")
+)
+print()
+print(header)
+print()
+print(table)
+os.makedirs(outdir, exist_ok=True)
+with open(os.path.join(outdir, f"{stamp}.json"), "w") as f:
+    json.dump({"meta": meta, "median": results, "all": values, "strata": extra, "fio": fio_raw}, f, indent=1)
+with open(os.path.join(outdir, f"{stamp}.md"), "w") as f:
+    f.write(header + "\n\n" + table + "\n")
+print()
+print(f"raw results: {os.path.join(outdir, stamp + '.json')}")
+print(f"markdown:    {os.path.join(outdir, stamp + '.md')}")
