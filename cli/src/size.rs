@@ -7,7 +7,7 @@ pub const MIN_BLOCK_SIZE: u64 = 4 << 10;
 /// Largest block size a store may have.
 pub const MAX_BLOCK_SIZE: u64 = 1 << 20;
 /// Block size of `strata init` without `--block-size`.
-pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 10;
 
 /// Parses a byte count: digits with an optional unit `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`,
 /// `G`/`GB`/`GiB` (case-insensitive, all binary). `None` if it is not one or overflows.

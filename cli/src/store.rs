@@ -17,7 +17,7 @@ pub const DEFAULT_STORE_ENV: &str = "STRATA_DEFAULT_STORE";
 /// The default store when `STRATA_DEFAULT_STORE` is not set.
 pub const DEFAULT_STORE_PATH: &str = "/var/lib/strata/default";
 /// zstd level of `strata init` without `--compression`.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 
 /// The name of the file that marks a directory as a store.
 const CONFIG_FILE: &str = "strata.toml";

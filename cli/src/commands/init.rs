@@ -20,11 +20,11 @@ pub struct Args {
     #[arg(value_name = "STORE")]
     pub store: PathBuf,
 
-    /// Block size: a power of two from 4K to 1M (e.g. 16K, 64K, 65536) [default: 64K].
+    /// Block size: a power of two from 4K to 1M (e.g. 16K, 64K, 65536) [default: 32K; chosen by measurement, see BENCHMARKS.md].
     #[arg(long, value_name = "SIZE")]
     pub block_size: Option<String>,
 
-    /// zstd compression level from 0 (off) to 19 [default: 3].
+    /// zstd compression level from 0 (off) to 19 [default: 1].
     #[arg(long, value_name = "LEVEL", allow_negative_numbers = true)]
     pub compression: Option<String>,
 }
