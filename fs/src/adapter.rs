@@ -37,6 +37,21 @@ impl StrataFs {
         }
     }
 
+    /// Runs one request handler. A panic is contained: the reply it dropped answers EIO,
+    /// and the store refuses further writes and commits (its in-memory state may be half
+    /// changed), so the mount stays readable and a remount returns to the last commit.
+    fn contain(&self, op: &'static str, handler: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(op, panic = %msg, "request handler panicked; refusing writes until remounted");
+            self.store.poison(format!("{op} panicked: {msg}"));
+        }
+    }
+
     /// Replies with an entry; the kernel now holds a reference until it forgets it.
     fn entry(&self, reply: ReplyEntry, a: &Attr) {
         self.store.hold(a.ino, 1);
@@ -137,23 +152,29 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let a = tri!(
-            "lookup",
-            reply,
-            self.store.lookup(ino(parent), name.as_bytes())
-        );
-        self.entry(reply, &a);
+        self.contain("lookup", move || {
+            let a = tri!(
+                "lookup",
+                reply,
+                self.store.lookup(ino(parent), name.as_bytes())
+            );
+            self.entry(reply, &a);
+        });
     }
 
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
-        if let Err(e) = self.store.drop_refs(ino(i), nlookup) {
-            fail("forget", &e);
-        }
+        self.contain("forget", move || {
+            if let Err(e) = self.store.drop_refs(ino(i), nlookup) {
+                fail("forget", &e);
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let a = tri!("getattr", reply, self.store.getattr(ino(i)));
-        reply.attr(&TTL, &attr(&a));
+        self.contain("getattr", move || {
+            let a = tri!("getattr", reply, self.store.getattr(ino(i)));
+            reply.attr(&TTL, &attr(&a));
+        });
     }
 
     fn setattr(
@@ -174,26 +195,30 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let time = |t: TimeOrNow| match t {
-            TimeOrNow::Now => snap::TimeSet::Now,
-            TimeOrNow::SpecificTime(t) => snap::TimeSet::At(ts(t)),
-        };
-        let set = snap::SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time),
-            mtime: mtime.map(time),
-            ctime: ctime.map(ts),
-        };
-        let a = tri!("setattr", reply, self.store.setattr(ino(i), &set));
-        reply.attr(&TTL, &attr(&a));
+        self.contain("setattr", move || {
+            let time = |t: TimeOrNow| match t {
+                TimeOrNow::Now => snap::TimeSet::Now,
+                TimeOrNow::SpecificTime(t) => snap::TimeSet::At(ts(t)),
+            };
+            let set = snap::SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(time),
+                mtime: mtime.map(time),
+                ctime: ctime.map(ts),
+            };
+            let a = tri!("setattr", reply, self.store.setattr(ino(i), &set));
+            reply.attr(&TTL, &attr(&a));
+        });
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        let t = tri!("readlink", reply, self.store.readlink(ino(i)));
-        reply.data(&t);
+        self.contain("readlink", move || {
+            let t = tri!("readlink", reply, self.store.readlink(ino(i)));
+            reply.data(&t);
+        });
     }
 
     fn mknod(
@@ -206,13 +231,15 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let a = tri!(
-            "mknod",
-            reply,
-            self.store
-                .mknod(ino(parent), name.as_bytes(), mode, rdev, ctx(req))
-        );
-        self.entry(reply, &a);
+        self.contain("mknod", move || {
+            let a = tri!(
+                "mknod",
+                reply,
+                self.store
+                    .mknod(ino(parent), name.as_bytes(), mode, rdev, ctx(req))
+            );
+            self.entry(reply, &a);
+        });
     }
 
     fn mkdir(
@@ -224,31 +251,37 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let a = tri!(
-            "mkdir",
-            reply,
-            self.store
-                .mkdir(ino(parent), name.as_bytes(), mode, ctx(req))
-        );
-        self.entry(reply, &a);
+        self.contain("mkdir", move || {
+            let a = tri!(
+                "mkdir",
+                reply,
+                self.store
+                    .mkdir(ino(parent), name.as_bytes(), mode, ctx(req))
+            );
+            self.entry(reply, &a);
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        tri!(
-            "unlink",
-            reply,
-            self.store.unlink(ino(parent), name.as_bytes())
-        );
-        reply.ok();
+        self.contain("unlink", move || {
+            tri!(
+                "unlink",
+                reply,
+                self.store.unlink(ino(parent), name.as_bytes())
+            );
+            reply.ok();
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        tri!(
-            "rmdir",
-            reply,
-            self.store.rmdir(ino(parent), name.as_bytes())
-        );
-        reply.ok();
+        self.contain("rmdir", move || {
+            tri!(
+                "rmdir",
+                reply,
+                self.store.rmdir(ino(parent), name.as_bytes())
+            );
+            reply.ok();
+        });
     }
 
     fn symlink(
@@ -259,17 +292,19 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let a = tri!(
-            "symlink",
-            reply,
-            self.store.symlink(
-                ino(parent),
-                link_name.as_bytes(),
-                target.as_os_str().as_bytes(),
-                ctx(req)
-            )
-        );
-        self.entry(reply, &a);
+        self.contain("symlink", move || {
+            let a = tri!(
+                "symlink",
+                reply,
+                self.store.symlink(
+                    ino(parent),
+                    link_name.as_bytes(),
+                    target.as_os_str().as_bytes(),
+                    ctx(req)
+                )
+            );
+            self.entry(reply, &a);
+        });
     }
 
     fn rename(
@@ -282,27 +317,29 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
-        if !(flags - known).is_empty() {
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
-        }
-        let f = snap::RenameFlags {
-            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
-            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
-        };
-        tri!(
-            "rename",
-            reply,
-            self.store.rename(
-                ino(parent),
-                name.as_bytes(),
-                ino(newparent),
-                newname.as_bytes(),
-                f
-            )
-        );
-        reply.ok();
+        self.contain("rename", move || {
+            let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+            if !(flags - known).is_empty() {
+                reply.error(Errno::from_i32(libc::EINVAL));
+                return;
+            }
+            let f = snap::RenameFlags {
+                noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+                exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+            };
+            tri!(
+                "rename",
+                reply,
+                self.store.rename(
+                    ino(parent),
+                    name.as_bytes(),
+                    ino(newparent),
+                    newname.as_bytes(),
+                    f
+                )
+            );
+            reply.ok();
+        });
     }
 
     fn link(
@@ -313,18 +350,22 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let a = tri!(
-            "link",
-            reply,
-            self.store.link(ino(i), ino(newparent), newname.as_bytes())
-        );
-        self.entry(reply, &a);
+        self.contain("link", move || {
+            let a = tri!(
+                "link",
+                reply,
+                self.store.link(ino(i), ino(newparent), newname.as_bytes())
+            );
+            self.entry(reply, &a);
+        });
     }
 
     fn open(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        tri!("open", reply, self.store.open_file(ino(i)));
-        let fh = self.handles.insert(Handle::File(ino(i)));
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        self.contain("open", move || {
+            tri!("open", reply, self.store.open_file(ino(i)));
+            let fh = self.handles.insert(Handle::File(ino(i)));
+            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        });
     }
 
     fn read(
@@ -338,8 +379,10 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let data = tri!("read", reply, self.store.read(ino(i), offset, size));
-        reply.data(&data);
+        self.contain("read", move || {
+            let data = tri!("read", reply, self.store.read(ino(i), offset, size));
+            reply.data(&data);
+        });
     }
 
     fn write(
@@ -354,8 +397,10 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let n = tri!("write", reply, self.store.write(ino(i), offset, data));
-        reply.written(n);
+        self.contain("write", move || {
+            let n = tri!("write", reply, self.store.write(ino(i), offset, data));
+            reply.written(n);
+        });
     }
 
     fn flush(
@@ -366,7 +411,9 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.contain("flush", move || {
+            reply.ok();
+        });
     }
 
     fn release(
@@ -379,12 +426,14 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let i = match self.handles.remove(fh.0) {
-            Some(Handle::File(h)) => h,
-            _ => ino(i),
-        };
-        tri!("release", reply, self.store.release_file(i));
-        reply.ok();
+        self.contain("release", move || {
+            let i = match self.handles.remove(fh.0) {
+                Some(Handle::File(h)) => h,
+                _ => ino(i),
+            };
+            tri!("release", reply, self.store.release_file(i));
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -395,30 +444,34 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        tri!("fsync", reply, self.store.fsync(ino(i)));
-        reply.ok();
+        self.contain("fsync", move || {
+            tri!("fsync", reply, self.store.fsync(ino(i)));
+            reply.ok();
+        });
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let entries = tri!("opendir", reply, self.store.readdir(ino(i)));
-        let parent = tri!("opendir", reply, self.store.parent_of(ino(i)));
-        let mut all = Vec::with_capacity(entries.len() + 2);
-        all.push(snap::DirEntry {
-            name: b".".to_vec(),
-            ino: ino(i),
-            kind: FileKind::Dir,
+        self.contain("opendir", move || {
+            let entries = tri!("opendir", reply, self.store.readdir(ino(i)));
+            let parent = tri!("opendir", reply, self.store.parent_of(ino(i)));
+            let mut all = Vec::with_capacity(entries.len() + 2);
+            all.push(snap::DirEntry {
+                name: b".".to_vec(),
+                ino: ino(i),
+                kind: FileKind::Dir,
+            });
+            all.push(snap::DirEntry {
+                name: b"..".to_vec(),
+                ino: parent,
+                kind: FileKind::Dir,
+            });
+            all.extend(entries);
+            let fh = self.handles.insert(Handle::Dir(Arc::new(all)));
+            reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            );
         });
-        all.push(snap::DirEntry {
-            name: b"..".to_vec(),
-            ino: parent,
-            kind: FileKind::Dir,
-        });
-        all.extend(entries);
-        let fh = self.handles.insert(Handle::Dir(Arc::new(all)));
-        reply.opened(
-            FileHandle(fh),
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-        );
     }
 
     fn readdir(
@@ -429,21 +482,23 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.handles.dir(fh.0) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        for (n, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(e.ino.0),
-                n as u64 + 1,
-                kind(e.kind),
-                OsStr::from_bytes(&e.name),
-            ) {
-                break;
+        self.contain("readdir", move || {
+            let Some(entries) = self.handles.dir(fh.0) else {
+                reply.error(Errno::from_i32(libc::EBADF));
+                return;
+            };
+            for (n, e) in entries.iter().enumerate().skip(offset as usize) {
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    n as u64 + 1,
+                    kind(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -454,35 +509,37 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.handles.dir(fh.0) else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        for (n, e) in entries.iter().enumerate().skip(offset as usize) {
-            let a = match self.store.getattr(e.ino) {
-                Ok(a) => a,
-                Err(snap::Error::NotFound) => continue, // removed since opendir
-                Err(err) => {
-                    reply.error(fail("readdirplus", &err));
-                    return;
-                }
+        self.contain("readdirplus", move || {
+            let Some(entries) = self.handles.dir(fh.0) else {
+                reply.error(Errno::from_i32(libc::EBADF));
+                return;
             };
-            if reply.add(
-                INodeNo(e.ino.0),
-                n as u64 + 1,
-                OsStr::from_bytes(&e.name),
-                &TTL,
-                &attr(&a),
-                Generation(0),
-            ) {
-                break;
+            for (n, e) in entries.iter().enumerate().skip(offset as usize) {
+                let a = match self.store.getattr(e.ino) {
+                    Ok(a) => a,
+                    Err(snap::Error::NotFound) => continue, // removed since opendir
+                    Err(err) => {
+                        reply.error(fail("readdirplus", &err));
+                        return;
+                    }
+                };
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    n as u64 + 1,
+                    OsStr::from_bytes(&e.name),
+                    &TTL,
+                    &attr(&a),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                // The kernel counts a lookup for every entry but `.` and `..`.
+                if n >= 2 {
+                    self.store.hold(e.ino, 1);
+                }
             }
-            // The kernel counts a lookup for every entry but `.` and `..`.
-            if n >= 2 {
-                self.store.hold(e.ino, 1);
-            }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -493,8 +550,10 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(fh.0);
-        reply.ok();
+        self.contain("releasedir", move || {
+            self.handles.remove(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -505,15 +564,19 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        tri!("fsyncdir", reply, self.store.fsync(ino(i)));
-        reply.ok();
+        self.contain("fsyncdir", move || {
+            tri!("fsyncdir", reply, self.store.fsync(ino(i)));
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
-        let s = tri!("statfs", reply, self.store.statfs());
-        reply.statfs(
-            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-        );
+        self.contain("statfs", move || {
+            let s = tri!("statfs", reply, self.store.statfs());
+            reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            );
+        });
     }
 
     fn setxattr(
@@ -526,50 +589,60 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let f = snap::XattrFlags {
-            create: flags & libc::XATTR_CREATE != 0,
-            replace: flags & libc::XATTR_REPLACE != 0,
-        };
-        tri!(
-            "setxattr",
-            reply,
-            self.store.setxattr(ino(i), name.as_bytes(), value, f)
-        );
-        reply.ok();
+        self.contain("setxattr", move || {
+            let f = snap::XattrFlags {
+                create: flags & libc::XATTR_CREATE != 0,
+                replace: flags & libc::XATTR_REPLACE != 0,
+            };
+            tri!(
+                "setxattr",
+                reply,
+                self.store.setxattr(ino(i), name.as_bytes(), value, f)
+            );
+            reply.ok();
+        });
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let v = tri!(
-            "getxattr",
-            reply,
-            self.store.getxattr(ino(i), name.as_bytes())
-        );
-        reply_xattr(reply, size, &v);
+        self.contain("getxattr", move || {
+            let v = tri!(
+                "getxattr",
+                reply,
+                self.store.getxattr(ino(i), name.as_bytes())
+            );
+            reply_xattr(reply, size, &v);
+        });
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        let names = tri!("listxattr", reply, self.store.listxattr(ino(i)));
-        let mut buf = Vec::new();
-        for n in names {
-            buf.extend_from_slice(&n);
-            buf.push(0);
-        }
-        reply_xattr(reply, size, &buf);
+        self.contain("listxattr", move || {
+            let names = tri!("listxattr", reply, self.store.listxattr(ino(i)));
+            let mut buf = Vec::new();
+            for n in names {
+                buf.extend_from_slice(&n);
+                buf.push(0);
+            }
+            reply_xattr(reply, size, &buf);
+        });
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        tri!(
-            "removexattr",
-            reply,
-            self.store.removexattr(ino(i), name.as_bytes())
-        );
-        reply.ok();
+        self.contain("removexattr", move || {
+            tri!(
+                "removexattr",
+                reply,
+                self.store.removexattr(ino(i), name.as_bytes())
+            );
+            reply.ok();
+        });
     }
 
     fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Permissions are checked by the kernel (default_permissions); only existence here.
-        tri!("access", reply, self.store.getattr(ino(i)));
-        reply.ok();
+        self.contain("access", move || {
+            // Permissions are checked by the kernel (default_permissions); only existence here.
+            tri!("access", reply, self.store.getattr(ino(i)));
+            reply.ok();
+        });
     }
 
     fn create(
@@ -582,22 +655,24 @@ impl Filesystem for StrataFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let a = tri!(
-            "create",
-            reply,
-            self.store
-                .mknod(ino(parent), name.as_bytes(), mode, 0, ctx(req))
-        );
-        tri!("create", reply, self.store.open_file(a.ino));
-        self.store.hold(a.ino, 1);
-        let fh = self.handles.insert(Handle::File(a.ino));
-        reply.created(
-            &TTL,
-            &attr(&a),
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        self.contain("create", move || {
+            let a = tri!(
+                "create",
+                reply,
+                self.store
+                    .mknod(ino(parent), name.as_bytes(), mode, 0, ctx(req))
+            );
+            tri!("create", reply, self.store.open_file(a.ino));
+            self.store.hold(a.ino, 1);
+            let fh = self.handles.insert(Handle::File(a.ino));
+            reply.created(
+                &TTL,
+                &attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            );
+        });
     }
 
     fn ioctl(
@@ -611,8 +686,10 @@ impl Filesystem for StrataFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // No ioctls (programs probe TCGETS on every open): "not a typewriter", quietly.
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        self.contain("ioctl", move || {
+            // No ioctls (programs probe TCGETS on every open): "not a typewriter", quietly.
+            reply.error(Errno::from_i32(libc::ENOTTY));
+        });
     }
 
     fn fallocate(
@@ -625,23 +702,25 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let known =
-            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
-        if mode & !known != 0 {
-            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
-            return;
-        }
-        let m = snap::FallocateMode {
-            keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
-            punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
-            zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
-        };
-        tri!(
-            "fallocate",
-            reply,
-            self.store.fallocate(ino(i), offset, length, m)
-        );
-        reply.ok();
+        self.contain("fallocate", move || {
+            let known =
+                libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+            if mode & !known != 0 {
+                reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+                return;
+            }
+            let m = snap::FallocateMode {
+                keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+                punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+                zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+            };
+            tri!(
+                "fallocate",
+                reply,
+                self.store.fallocate(ino(i), offset, length, m)
+            );
+            reply.ok();
+        });
     }
 
     fn lseek(
@@ -653,20 +732,22 @@ impl Filesystem for StrataFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let w = match whence {
-            libc::SEEK_DATA => snap::SeekWhence::Data,
-            libc::SEEK_HOLE => snap::SeekWhence::Hole,
-            _ => {
-                reply.error(Errno::from_i32(libc::EINVAL));
+        self.contain("lseek", move || {
+            let w = match whence {
+                libc::SEEK_DATA => snap::SeekWhence::Data,
+                libc::SEEK_HOLE => snap::SeekWhence::Hole,
+                _ => {
+                    reply.error(Errno::from_i32(libc::EINVAL));
+                    return;
+                }
+            };
+            if offset < 0 {
+                reply.error(Errno::from_i32(libc::ENXIO));
                 return;
             }
-        };
-        if offset < 0 {
-            reply.error(Errno::from_i32(libc::ENXIO));
-            return;
-        }
-        let off = tri!("lseek", reply, self.store.lseek(ino(i), offset as u64, w));
-        reply.offset(off as i64);
+            let off = tri!("lseek", reply, self.store.lseek(ino(i), offset as u64, w));
+            reply.offset(off as i64);
+        });
     }
 
     fn copy_file_range(
@@ -682,15 +763,17 @@ impl Filesystem for StrataFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        // The reply carries a u32; the kernel loops for the rest.
-        let len = len.min(1 << 30);
-        let n = tri!(
-            "copy_file_range",
-            reply,
-            self.store
-                .copy_file_range(ino(ino_in), offset_in, ino(ino_out), offset_out, len)
-        );
-        reply.written(n as u32);
+        self.contain("copy_file_range", move || {
+            // The reply carries a u32; the kernel loops for the rest.
+            let len = len.min(1 << 30);
+            let n = tri!(
+                "copy_file_range",
+                reply,
+                self.store
+                    .copy_file_range(ino(ino_in), offset_in, ino(ino_out), offset_out, len)
+            );
+            reply.written(n as u32);
+        });
     }
 }
 
@@ -701,5 +784,37 @@ fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {
         reply.error(Errno::from_i32(libc::ERANGE));
     } else {
         reply.data(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_is_contained_and_stops_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let opts = snap::InitOptions {
+            block_size: 32768,
+            compression_level: 1,
+        };
+        Store::init(&path, &opts).unwrap();
+        let store = Store::open(&path).unwrap();
+        let ctx = Ctx { uid: 0, gid: 0 };
+        let f = store
+            .mknod(Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)
+            .unwrap()
+            .ino;
+        store.write(f, 0, b"kept").unwrap();
+        store.sync().unwrap();
+        let fs = StrataFs::new(store.clone());
+        fs.contain("test", || panic!("boom"));
+        assert!(matches!(
+            store.write(f, 0, b"x"),
+            Err(snap::Error::Poisoned(m)) if m.contains("boom")
+        ));
+        assert!(matches!(store.sync(), Err(snap::Error::Poisoned(_))));
+        assert_eq!(store.read(f, 0, 10).unwrap(), b"kept");
     }
 }

@@ -286,6 +286,15 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses every later write and commit (after a fault that may have left the
+    /// in-memory state half changed); what was committed stays as it is on disk.
+    pub fn poison(&self, why: String) {
+        let mut st = self.lock();
+        if st.poisoned.is_none() {
+            st.poisoned = Some(why);
+        }
+    }
+
     /// Makes every change so far durable (fsync, syncfs, unmount).
     pub fn sync(&self) -> Result<()> {
         let mut st = self.lock();
