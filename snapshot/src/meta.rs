@@ -41,11 +41,7 @@ pub struct Meta {
 impl Meta {
     pub fn open(store: &Path) -> Result<Meta> {
         let dir = store.join(META_DIR);
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(64 << 20)
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_sled(&dir)?;
         let tree = db.open_tree(TREE)?;
         Ok(Meta {
             db,
@@ -242,6 +238,29 @@ impl Meta {
     pub fn flush(&mut self) -> Result<()> {
         self.db.flush()?;
         self.syncer.sync(&self.dir)
+    }
+}
+
+/// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can
+/// only be this process's previous handle whose last reference is still being dropped
+/// by one of sled's threads: wait for it briefly.
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .flush_every_ms(None)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

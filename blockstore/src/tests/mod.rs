@@ -66,8 +66,21 @@ impl Fixture {
     }
 }
 
+/// Opens sled, waiting briefly for a previous handle's lock: sled's own threads may
+/// still be dropping the last reference to it.
 fn open_db(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir.join("meta")).open().unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(dir.join("meta")).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 /// Deterministic incompressible bytes (xorshift64*).
