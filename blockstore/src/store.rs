@@ -128,6 +128,11 @@ impl BlockStore {
         }
     }
 
+    /// Bytes the block takes in its pack (compressed payload), if stored.
+    pub fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
+        Ok(self.location(id)?.map(|l| u64::from(l.stored_len)))
+    }
+
     pub fn contains(&self, id: &BlockId) -> Result<bool> {
         Ok(read(&self.pending).contains_key(id) || index::contains(&self.index, id)?)
     }

@@ -303,7 +303,7 @@ fn start(
         threads,
         fsname: store_path.display().to_string(),
     };
-    let mounted = strata_fs::mount(store.clone(), &mount_point, &options).with_context(|| {
+    let mounted = strata_fs::mount(store.main(), &mount_point, &options).with_context(|| {
         format!(
             "cannot mount {} at {}",
             store_path.display(),

@@ -14,7 +14,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use strata_snapshot as snap;
-use strata_snapshot::{Attr, Ctx, FileKind, InodeNo as Ino, Store};
+use strata_snapshot::{Attr, Ctx, FileKind, InodeNo as Ino, Volume};
 
 use crate::errno::{errno, is_fault};
 use crate::handles::{Handle, Handles};
@@ -25,12 +25,12 @@ const TTL: Duration = Duration::from_secs(1);
 const MAX_WRITE: u32 = 1 << 20;
 
 pub struct StrataFs {
-    store: Arc<Store>,
+    store: Volume,
     handles: Handles,
 }
 
 impl StrataFs {
-    pub fn new(store: Arc<Store>) -> StrataFs {
+    pub fn new(store: Volume) -> StrataFs {
         StrataFs {
             store,
             handles: Handles::default(),
@@ -799,8 +799,8 @@ mod tests {
             block_size: 32768,
             compression_level: 1,
         };
-        Store::init(&path, &opts).unwrap();
-        let store = Store::open(&path).unwrap();
+        snap::Store::init(&path, &opts).unwrap();
+        let store = snap::Store::open(&path).unwrap().main();
         let ctx = Ctx { uid: 0, gid: 0 };
         let f = store
             .mknod(Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
-use strata_snapshot::Store;
+use strata_snapshot::{Store, Volume};
 
 pub use adapter::StrataFs;
 pub use errno::errno;
@@ -97,17 +97,14 @@ impl Unmounter {
 /// As root, strata calls mount(2) itself, with file-system type `fuse.strata` and the
 /// store path as the source (so `df -T` and /proc/mounts name it, and no character of
 /// the path can break an option string). Otherwise fuser mounts through fusermount3.
-pub fn mount(
-    store: Arc<Store>,
-    mountpoint: &Path,
-    opts: &MountOptions,
-) -> std::io::Result<Mounted> {
+pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<Mounted> {
+    let store = volume.store().clone();
     let mut config = Config::default();
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     store.start_background();
-    let fs = StrataFs::new(store.clone());
+    let fs = StrataFs::new(volume);
     let session = if unsafe { libc::geteuid() } == 0 {
         let fd = kernel_mount(mountpoint, &opts.fsname)?;
         match Session::from_fd(fs, fd, SessionACL::All, config) {

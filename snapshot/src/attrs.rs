@@ -3,7 +3,6 @@
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::store::Store;
 use crate::types::{
     Attr, FileKind, InodeNo, SetAttr, StatFs, TimeSet, Timestamp, NAME_MAX, XATTR_VALUE_MAX,
 };
@@ -15,7 +14,7 @@ pub struct XattrFlags {
     pub replace: bool,
 }
 
-impl Store {
+impl crate::volume::Volume {
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> Result<Attr> {
         let mut st = self.writable()?;
         let mut rec = st.load_inode(ino)?;

@@ -46,7 +46,8 @@ pub struct InodeRecord {
     pub ctime: Timestamp,
     pub crtime: Timestamp,
     pub rdev: u32,
-    /// For directories: the parent directory (the root is its own parent).
+    /// For directories: the parent directory (the root is its own parent). For other
+    /// kinds a hint: the directory of its latest name (diff and history name paths by it).
     pub parent: InodeNo,
     /// For symlinks: the target.
     pub target: Vec<u8>,

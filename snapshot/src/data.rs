@@ -19,7 +19,10 @@ use crate::codec::{self, InodeRecord};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::store::{State, Store};
-use crate::types::{FallocateMode, FileKind, InodeNo, SeekWhence, Timestamp, FILE_SIZE_MAX};
+use crate::types::{
+    FallocateMode, FileKind, GenerationId, InodeNo, SeekWhence, Timestamp, FILE_SIZE_MAX,
+};
+use crate::volume::Volume;
 
 /// Free space kept back on the disk under the store, so metadata commits never meet a
 /// full disk: writers get ENOSPC first.
@@ -37,8 +40,7 @@ impl State {
 
     fn is_allocated(&self, ino: InodeNo, idx: u64) -> Result<bool> {
         if self
-            .dirty
-            .get(&ino)
+            .dirty_of(ino)
             .is_some_and(|d| d.blocks.contains_key(&idx))
         {
             return Ok(true);
@@ -56,7 +58,7 @@ impl State {
             .iter()
             .map(|(base, _)| keys::block_index(base))
             .collect();
-        if let Some(d) = self.dirty.get(&ino) {
+        if let Some(d) = self.dirty_of(ino) {
             v.extend(d.blocks.range(from..to).map(|(i, _)| *i));
         }
         v.sort_unstable();
@@ -101,8 +103,7 @@ impl Store {
     ) -> Result<&'a mut [u8]> {
         let bs = self.bs() as usize;
         let exists = st
-            .dirty
-            .get(&ino)
+            .dirty_of(ino)
             .is_some_and(|d| d.blocks.contains_key(&idx));
         if !exists {
             let committed = st.committed_block(ino, idx)?;
@@ -115,16 +116,10 @@ impl Store {
             if committed.is_none() {
                 rec.blocks += units(self.config.block_size);
             }
-            st.dirty.entry(ino).or_default().blocks.insert(idx, buf);
+            st.dirty_entry(ino).blocks.insert(idx, buf);
             st.dirty_bytes += bs;
         }
-        Ok(st
-            .dirty
-            .get_mut(&ino)
-            .unwrap()
-            .blocks
-            .get_mut(&idx)
-            .unwrap())
+        Ok(st.dirty_of_mut(ino).unwrap().blocks.get_mut(&idx).unwrap())
     }
 
     /// Makes block `idx` a hole: drops its buffer and its map record.
@@ -136,7 +131,7 @@ impl Store {
         rec: &mut InodeRecord,
     ) -> Result<()> {
         let was = st.is_allocated(ino, idx)?;
-        if let Some(d) = st.dirty.get_mut(&ino) {
+        if let Some(d) = st.dirty_of_mut(ino) {
             if d.blocks.remove(&idx).is_some() {
                 st.dirty_bytes -= self.bs() as usize;
             }
@@ -211,7 +206,9 @@ impl Store {
         rec.size = size;
         Ok(())
     }
+}
 
+impl Volume {
     pub fn write(&self, ino: InodeNo, offset: u64, data: &[u8]) -> Result<u32> {
         let mut st = self.writable()?;
         let mut rec = st.load_inode(ino)?;
@@ -269,7 +266,7 @@ impl Store {
             let boff = (pos % bs) as usize;
             let n = ((bs as usize) - boff).min((end - pos) as usize);
             let o = (pos - offset) as usize;
-            if let Some(buf) = st.dirty.get(&ino).and_then(|d| d.blocks.get(&idx)) {
+            if let Some(buf) = st.dirty_of(ino).and_then(|d| d.blocks.get(&idx)) {
                 out[o..o + n].copy_from_slice(&buf[boff..boff + n]);
             } else if let Some(id) = st.committed_block(ino, idx)? {
                 fetch.push((id, boff, o, n));
@@ -408,13 +405,13 @@ impl Store {
             let whole = len / bs;
             for i in 0..whole {
                 let (si, di) = (off_in / bs + i, off_out / bs + i);
-                let dirty_src = st.dirty.get(&src).and_then(|d| d.blocks.get(&si)).cloned();
+                let dirty_src = st.dirty_of(src).and_then(|d| d.blocks.get(&si)).cloned();
                 if let Some(buf) = dirty_src {
                     let b = self.dirty_block(&mut st, dst, di, &mut drec, false)?;
                     b.copy_from_slice(&buf);
                 } else if let Some(id) = st.committed_block(src, si)? {
                     let was = st.is_allocated(dst, di)?;
-                    if let Some(d) = st.dirty.get_mut(&dst) {
+                    if let Some(d) = st.dirty_of_mut(dst) {
                         if d.blocks.remove(&di).is_some() {
                             st.dirty_bytes -= bs as usize;
                         }
@@ -447,7 +444,9 @@ impl Store {
         }
         Ok(copied)
     }
+}
 
+impl Store {
     /// Commit step 1: hash, compress and append every buffered block to the packs, and
     /// record the ids in the block maps (in the overlay). On error the buffers are kept.
     pub(crate) fn seal_dirty(&self, st: &mut State) -> Result<()> {
@@ -457,10 +456,15 @@ impl Store {
         let bs = self.bs();
         let dirty = std::mem::take(&mut st.dirty);
         let dirty_bytes = std::mem::replace(&mut st.dirty_bytes, 0);
-        // (ino, idx, data trimmed at end of file)
-        let mut items: Vec<(InodeNo, u64, &[u8])> = Vec::new();
-        let mut holes: Vec<(InodeNo, u64)> = Vec::new();
-        for (ino, d) in &dirty {
+        // ((gen, ino), idx, data trimmed at end of file)
+        let mut items: Vec<((GenerationId, InodeNo), u64, &[u8])> = Vec::new();
+        let mut holes: Vec<((GenerationId, InodeNo), u64)> = Vec::new();
+        for (key @ (gen, ino), d) in &dirty {
+            let view = match st.heads.values().find(|v| v.gen == *gen) {
+                Some(v) => v.clone(),
+                None => continue, // the branch was deleted
+            };
+            st.meta.set_view(&view);
             let size = match st.load_inode(*ino) {
                 Ok(r) => r.size,
                 Err(Error::NotFound) => continue,
@@ -473,15 +477,15 @@ impl Store {
             for (idx, buf) in &d.blocks {
                 let start = idx * bs;
                 if start >= size {
-                    holes.push((*ino, *idx));
+                    holes.push((*key, *idx));
                     continue;
                 }
                 let n = ((size - start).min(bs)) as usize;
                 let data = &buf[..n];
                 if is_zero(data) {
-                    holes.push((*ino, *idx));
+                    holes.push((*key, *idx));
                 } else {
-                    items.push((*ino, *idx, data));
+                    items.push((*key, *idx, data));
                 }
             }
         }
@@ -498,24 +502,37 @@ impl Store {
                 }
             }
         }
-        for ((ino, idx, _), id) in items.iter().zip(&ids) {
+        for (((gen, ino), idx, _), id) in items.iter().zip(&ids) {
+            st.meta.set_view(&self.head_view(st, *gen));
             st.meta.put(&keys::block(*ino, *idx), &id.0);
         }
         // Holes: drop any older record; the buffered block no longer counts.
-        let mut recs: std::collections::HashMap<InodeNo, InodeRecord> = Default::default();
-        for (ino, idx) in holes {
+        let mut recs: std::collections::BTreeMap<(GenerationId, InodeNo), InodeRecord> =
+            Default::default();
+        for ((gen, ino), idx) in holes {
+            st.meta.set_view(&self.head_view(st, gen));
             if st.committed_block(ino, idx)?.is_some() {
                 st.meta.delete(&keys::block(ino, idx))?;
             }
-            let rec = match recs.entry(ino) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(st.load_inode(ino)?),
+            let rec = match recs.entry((gen, ino)) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(st.load_inode(ino)?),
             };
             rec.blocks = rec.blocks.saturating_sub(units(self.config.block_size));
         }
-        for (ino, rec) in recs {
+        for ((gen, ino), rec) in recs {
+            st.meta.set_view(&self.head_view(st, gen));
             st.save_inode(ino, &rec);
         }
         Ok(())
+    }
+
+    /// The view of the live generation `gen` (which has buffered data, so heads a branch).
+    fn head_view(&self, st: &State, gen: GenerationId) -> crate::generation::View {
+        st.heads
+            .values()
+            .find(|v| v.gen == gen)
+            .cloned()
+            .expect("buffered data belongs to a live generation")
     }
 }

@@ -46,7 +46,7 @@ impl State {
     }
 
     pub(crate) fn is_open(&self, ino: InodeNo) -> bool {
-        self.open.get(&ino).copied().unwrap_or(0) > 0
+        self.open.get(&(self.cur(), ino)).copied().unwrap_or(0) > 0
     }
 }
 
@@ -79,7 +79,7 @@ impl Store {
     /// Removes an inode and everything it owns (xattrs, block map, buffered data,
     /// orphan marker). Blocks themselves stay in the packs until GC.
     pub(crate) fn destroy_inode(&self, st: &mut State, ino: InodeNo) -> Result<()> {
-        if let Some(d) = st.dirty.remove(&ino) {
+        if let Some(d) = st.dirty_remove(ino) {
             st.dirty_bytes -= d.blocks.len() * self.config.block_size as usize;
         }
         for prefix in [keys::block_prefix(ino), keys::xattr_prefix(ino)] {

@@ -12,6 +12,7 @@
 //! | `O`  | O ino(u64 BE)                 | empty: unlinked while open   |
 //! | `G`  | G gen(u64 BE) (unversioned)   | generation record            |
 //! | `S`  | S name (unversioned)          | store state (counters)       |
+//! | `C`  | C gen(u64 BE) ino(u64 BE) (unversioned) | empty: gen changed ino (change index) |
 
 use crate::types::{GenerationId, InodeNo};
 
@@ -22,6 +23,7 @@ pub const BLOCK: u8 = b'B';
 pub const ORPHAN: u8 = b'O';
 pub const GENERATION: u8 = b'G';
 pub const STATE: u8 = b'S';
+pub const CHANGE: u8 = b'C';
 
 pub const GEN_SUFFIX_LEN: usize = 8;
 
@@ -104,6 +106,19 @@ pub fn generation(gen: GenerationId) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(GENERATION);
     k.extend_from_slice(&gen.0.to_be_bytes());
+    k
+}
+
+pub fn change_prefix(gen: GenerationId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(CHANGE);
+    k.extend_from_slice(&gen.0.to_be_bytes());
+    k
+}
+
+pub fn change(gen: GenerationId, ino: InodeNo) -> Vec<u8> {
+    let mut k = change_prefix(gen);
+    k.extend_from_slice(&ino.0.to_be_bytes());
     k
 }
 

@@ -15,12 +15,13 @@
 //! Invariant: callers hold the store's state mutex around every call (the overlay is
 //! plain data); sled itself is thread-safe and is also read by the blockstore.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use crate::codec::{PRESENT, TOMBSTONE};
 use crate::error::{Error, Result};
+use crate::generation::View;
 use crate::keys::{self, GEN_SUFFIX_LEN};
 use crate::types::GenerationId;
 
@@ -28,12 +29,14 @@ pub const META_DIR: &str = "meta";
 const TREE: &str = "meta";
 pub const BLOCK_INDEX_TREE: &str = "blocks";
 
+/// One stored version of a record: base key, generation, payload (None: tombstone).
+pub type Version = (Vec<u8>, GenerationId, Option<Vec<u8>>);
+
 pub struct Meta {
     db: sled::Db,
     tree: sled::Tree,
     dir: PathBuf,
-    live: GenerationId,
-    ancestors: HashSet<u64>,
+    view: View,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     syncer: crate::durable::TreeSyncer,
 }
@@ -47,8 +50,10 @@ impl Meta {
             db,
             tree,
             dir,
-            live: GenerationId(0),
-            ancestors: HashSet::new(),
+            view: View {
+                gen: GenerationId(0),
+                ancestors: Default::default(),
+            },
             overlay: BTreeMap::new(),
             syncer: Default::default(),
         })
@@ -59,18 +64,22 @@ impl Meta {
         Ok(self.db.open_tree(BLOCK_INDEX_TREE)?)
     }
 
-    /// Sets the generation that reads are made as of and writes go to.
-    pub fn set_live(
-        &mut self,
-        live: GenerationId,
-        ancestors: impl IntoIterator<Item = GenerationId>,
-    ) {
-        self.live = live;
-        self.ancestors = ancestors.into_iter().map(|g| g.0).collect();
+    /// Sets the generation that reads are made as of and writes go to (writes only ever
+    /// go to a live generation: the callers check).
+    pub fn set_view(&mut self, view: &View) {
+        if self.view.gen != view.gen
+            || !std::sync::Arc::ptr_eq(&self.view.ancestors, &view.ancestors)
+        {
+            self.view = view.clone();
+        }
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     fn visible(&self, gen: GenerationId) -> bool {
-        gen == self.live || self.ancestors.contains(&gen.0)
+        self.view.sees(gen)
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -86,6 +95,11 @@ impl Meta {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
+    /// Unversioned keys starting with `prefix`, overlay merged over sled.
+    pub fn scan_raw(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.merged_range(prefix, prefix_end(prefix).as_deref())
+    }
+
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.overlay.insert(key, Some(value));
     }
@@ -94,7 +108,7 @@ impl Meta {
 
     /// The payload of the newest version of `base` visible from the live generation.
     pub fn get(&self, base: &[u8]) -> Result<Option<Vec<u8>>> {
-        let live_key = keys::versioned(base, self.live);
+        let live_key = keys::versioned(base, self.view.gen);
         match self.overlay.get(&live_key) {
             Some(Some(v)) => return unwrap_envelope(&live_key, v),
             Some(None) => {}
@@ -104,7 +118,7 @@ impl Meta {
                 }
             }
         }
-        if self.ancestors.is_empty() {
+        if self.view.ancestors.is_empty() {
             return Ok(None);
         }
         // Nearest ancestor: the highest visible generation below live.
@@ -112,7 +126,7 @@ impl Meta {
         for item in self.tree.range(lo..live_key).rev() {
             let (k, v) = item?;
             let (_, gen) = keys::split_versioned(&k);
-            if self.ancestors.contains(&gen.0) {
+            if self.view.ancestors.contains(&gen.0) {
                 return unwrap_envelope(&k, &v);
             }
         }
@@ -121,15 +135,15 @@ impl Meta {
 
     /// Whether an ancestor of the live generation holds a non-tombstone version.
     fn ancestor_has(&self, base: &[u8]) -> Result<bool> {
-        if self.ancestors.is_empty() {
+        if self.view.ancestors.is_empty() {
             return Ok(false);
         }
         let lo = keys::versioned(base, GenerationId(0));
-        let hi = keys::versioned(base, self.live);
+        let hi = keys::versioned(base, self.view.gen);
         for item in self.tree.range(lo..hi).rev() {
             let (k, v) = item?;
             let (_, gen) = keys::split_versioned(&k);
-            if self.ancestors.contains(&gen.0) {
+            if self.view.ancestors.contains(&gen.0) {
                 return Ok(v.first() == Some(&PRESENT));
             }
         }
@@ -141,13 +155,49 @@ impl Meta {
         v.push(PRESENT);
         v.extend_from_slice(payload);
         self.overlay
-            .insert(keys::versioned(base, self.live), Some(v));
+            .insert(keys::versioned(base, self.view.gen), Some(v));
+        self.note_change(base);
+    }
+
+    /// Records in the change index that the inode of `base` changed in the live
+    /// generation (diff and history read it; its cost follows what changed).
+    fn note_change(&mut self, base: &[u8]) {
+        if base.len() >= 9 {
+            let key = keys::change(self.view.gen, keys::key_ino(base));
+            self.overlay.entry(key).or_insert_with(|| Some(Vec::new()));
+        }
+    }
+
+    /// The inodes generation `gen` changed, in order.
+    pub fn changes_of(&self, gen: GenerationId) -> Result<Vec<crate::types::InodeNo>> {
+        let prefix = keys::change_prefix(gen);
+        Ok(self
+            .merged_range(&prefix, prefix_end(&prefix).as_deref())?
+            .into_iter()
+            .map(|(k, _)| crate::types::InodeNo(u64::from_be_bytes(k[9..17].try_into().unwrap())))
+            .collect())
+    }
+
+    /// Every stored version (of every generation) of the records whose base starts with
+    /// `prefix`: (base, generation, payload or None for a tombstone), in key order.
+    pub fn all_versions(&self, prefix: &[u8]) -> Result<Vec<Version>> {
+        let hi = prefix_end(prefix);
+        let mut out = Vec::new();
+        for (k, v) in self.merged_range(prefix, hi.as_deref())? {
+            if k.len() < GEN_SUFFIX_LEN + 1 {
+                continue;
+            }
+            let (base, gen) = keys::split_versioned(&k);
+            out.push((base.to_vec(), gen, unwrap_envelope(base, &v)?));
+        }
+        Ok(out)
     }
 
     /// Removes `base` as seen from the live generation: drops the live version, and
     /// writes a tombstone if an ancestor's version would otherwise show through.
     pub fn delete(&mut self, base: &[u8]) -> Result<()> {
-        let k = keys::versioned(base, self.live);
+        let k = keys::versioned(base, self.view.gen);
+        self.note_change(base);
         if self.ancestor_has(base)? {
             self.overlay.insert(k, Some(vec![TOMBSTONE]));
         } else {
@@ -293,11 +343,18 @@ mod tests {
     use crate::keys;
     use crate::types::InodeNo;
 
+    fn view(g: u64, anc: &[u64]) -> View {
+        View {
+            gen: GenerationId(g),
+            ancestors: std::sync::Arc::new(anc.iter().copied().collect()),
+        }
+    }
+
     #[test]
     fn overlay_reads_scan_and_commit() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Meta::open(dir.path()).unwrap();
-        m.set_live(GenerationId(1), []);
+        m.set_view(&view(1, &[]));
         let a = keys::dirent(InodeNo(1), b"a");
         let b = keys::dirent(InodeNo(1), b"b");
         m.put(&a, b"A");
@@ -311,7 +368,7 @@ mod tests {
         m.commit().unwrap();
         drop(m);
         let mut m = Meta::open(dir.path()).unwrap();
-        m.set_live(GenerationId(1), []);
+        m.set_view(&view(1, &[]));
         assert_eq!(m.get(&a).unwrap(), None);
         assert_eq!(m.get(&b).unwrap(), Some(b"B".to_vec()));
     }
@@ -322,15 +379,15 @@ mod tests {
         let mut m = Meta::open(dir.path()).unwrap();
         let a = keys::dirent(InodeNo(1), b"a");
         let b = keys::dirent(InodeNo(1), b"b");
-        m.set_live(GenerationId(1), []);
+        m.set_view(&view(1, &[]));
         m.put(&a, b"A1");
         m.put(&b, b"B1");
         m.commit().unwrap();
         // Generation 2 is a sibling branch, 3 a child of 1.
-        m.set_live(GenerationId(2), [GenerationId(1)]);
+        m.set_view(&view(2, &[1]));
         m.put(&a, b"A2");
         m.commit().unwrap();
-        m.set_live(GenerationId(3), [GenerationId(1)]);
+        m.set_view(&view(3, &[1]));
         assert_eq!(m.get(&a).unwrap(), Some(b"A1".to_vec()));
         m.delete(&b).unwrap();
         assert_eq!(m.get(&b).unwrap(), None);
@@ -339,7 +396,7 @@ mod tests {
             m.scan(&keys::dir_prefix(InodeNo(1))).unwrap(),
             vec![(a.clone(), b"A1".to_vec())]
         );
-        m.set_live(GenerationId(1), []);
+        m.set_view(&view(1, &[]));
         assert_eq!(m.get(&b).unwrap(), Some(b"B1".to_vec()));
     }
 

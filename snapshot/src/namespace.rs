@@ -9,10 +9,11 @@ use crate::codec::{self, InodeRecord};
 use crate::error::{Error, Result};
 use crate::inode::check_name;
 use crate::keys;
-use crate::store::{State, Store};
+use crate::store::State;
 use crate::types::{Attr, Ctx, DirEntry, FileKind, InodeNo, RenameFlags, Timestamp, LINK_MAX};
+use crate::volume::Volume;
 
-impl Store {
+impl Volume {
     pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Attr> {
         if name.len() > crate::types::NAME_MAX {
             return Err(Error::NameTooLong);
@@ -297,6 +298,11 @@ impl Store {
         );
         let mut srec = st.load_inode(src)?;
         srec.ctime = now;
+        // For a directory the parent pointer is exact; for anything else it is a hint
+        // (the directory of its latest name) that diff and history use to name paths.
+        if src_kind != FileKind::Dir {
+            srec.parent = newparent;
+        }
         if src_kind == FileKind::Dir && parent != newparent {
             srec.parent = newparent;
             let mut op = st.load_inode(parent)?;
@@ -337,9 +343,8 @@ impl Store {
         for (ino, kind, new_parent) in [(a, a_kind, newparent), (b, b_kind, parent)] {
             let mut r = st.load_inode(ino)?;
             r.ctime = now;
-            if kind == FileKind::Dir {
-                r.parent = new_parent;
-            }
+            let _ = kind;
+            r.parent = new_parent;
             st.save_inode(ino, &r);
         }
         if parent != newparent {
@@ -395,11 +400,28 @@ impl Store {
     pub fn open_file(&self, ino: InodeNo) -> Result<Attr> {
         let mut st = self.lock();
         let rec = st.load_inode(ino)?;
-        *st.open.entry(ino).or_insert(0) += 1;
+        if !self.is_read_only() {
+            let k = (st.cur(), ino);
+            *st.open.entry(k).or_insert(0) += 1;
+            *st.handles.entry(k).or_insert(0) += 1;
+        }
         Ok(self.attr_of(ino, &rec))
     }
 
     pub fn release_file(&self, ino: InodeNo) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        {
+            let mut st = self.lock();
+            let k = (st.cur(), ino);
+            if let Some(h) = st.handles.get_mut(&k) {
+                *h -= 1;
+                if *h == 0 {
+                    st.handles.remove(&k);
+                }
+            }
+        }
         self.drop_refs(ino, 1)
     }
 
@@ -407,36 +429,35 @@ impl Store {
     /// requests for an inode, e.g. write back cached pages of an unlinked file, until it
     /// forgets it, so an unlinked inode is kept until then.
     pub fn hold(&self, ino: InodeNo, n: u64) {
+        if self.is_read_only() {
+            return;
+        }
         let mut st = self.lock();
-        *st.open.entry(ino).or_insert(0) += n;
+        let k = (st.cur(), ino);
+        *st.open.entry(k).or_insert(0) += n;
     }
 
     /// Drops `n` references (a release, or a FUSE forget); an unlinked inode whose last
     /// reference goes is destroyed.
     pub fn drop_refs(&self, ino: InodeNo, n: u64) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
         let mut st = self.lock();
-        let Some(count) = st.open.get_mut(&ino) else {
+        let k = (st.cur(), ino);
+        let Some(count) = st.open.get_mut(&k) else {
             return Ok(());
         };
         *count = count.saturating_sub(n);
         if *count > 0 {
             return Ok(());
         }
-        st.open.remove(&ino);
+        st.open.remove(&k);
         match st.load_inode(ino) {
             Ok(rec) if rec.nlink == 0 => self.destroy_inode(&mut st, ino),
             Ok(_) | Err(Error::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// The state lock, refusing if an earlier commit failed.
-    pub(crate) fn writable(&self) -> Result<std::sync::MutexGuard<'_, State>> {
-        let st = self.lock();
-        if let Some(p) = &st.poisoned {
-            return Err(Error::Poisoned(p.clone()));
-        }
-        Ok(st)
     }
 }
 

@@ -18,7 +18,7 @@ use strata_blockstore::{self as blockstore, BlockStore};
 use crate::codec::InodeRecord;
 use crate::config::{StoreConfig, CONFIG_FILE};
 use crate::error::{Error, Result};
-use crate::generation::{self, GenerationRecord};
+use crate::generation::{self, GenerationRecord, Generations, MAIN_BRANCH};
 use crate::keys;
 use crate::lock::StoreLock;
 use crate::meta::{Meta, META_DIR};
@@ -46,11 +46,18 @@ pub(crate) struct DirtyFile {
 
 pub(crate) struct State {
     pub meta: Meta,
-    pub dirty: HashMap<InodeNo, DirtyFile>,
+    /// Every generation; heads and snapshots are looked up here.
+    pub gens: Generations,
+    /// The view of each branch's live generation.
+    pub heads: HashMap<String, crate::generation::View>,
+    /// Buffered file data, by (live generation, inode).
+    pub dirty: HashMap<(GenerationId, InodeNo), DirtyFile>,
     pub dirty_bytes: usize,
-    /// References per inode: open handles plus kernel lookups (an unlinked inode lives
-    /// while this is non-zero).
-    pub open: HashMap<InodeNo, u64>,
+    /// References per inode of a live generation: open handles plus kernel lookups (an
+    /// unlinked inode lives while this is non-zero).
+    pub open: HashMap<(GenerationId, InodeNo), u64>,
+    /// Open file handles per inode of a live generation (rollback refuses while any).
+    pub handles: HashMap<(GenerationId, InodeNo), u64>,
     pub next_ino: u64,
     pub next_gen: u64,
     /// Set after a failed commit: later writes are refused (never pretend after a failed
@@ -71,6 +78,8 @@ pub struct Store {
 
 const STATE_NEXT_INO: &str = "next_ino";
 const STATE_NEXT_GEN: &str = "next_gen";
+/// Written by `init` (the first head of `main`); heads are found from the generation
+/// records since snapshots exist.
 const STATE_LIVE_GEN: &str = "live_gen";
 
 impl Store {
@@ -109,7 +118,10 @@ impl Store {
         {
             let mut meta = Meta::open(path)?;
             let live = GenerationId(1);
-            meta.set_live(live, []);
+            meta.set_view(&generation::View {
+                gen: live,
+                ancestors: Default::default(),
+            });
             let now = Timestamp::now();
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let root = InodeRecord {
@@ -131,7 +143,7 @@ impl Store {
             meta.put(&keys::inode(InodeNo::ROOT), &root.encode());
             meta.put_raw(
                 keys::generation(live),
-                GenerationRecord::new_live(None, now).encode(),
+                GenerationRecord::new_live(None, now, MAIN_BRANCH).encode(),
             );
             meta.put_raw(keys::state(STATE_LIVE_GEN), live.0.to_le_bytes().to_vec());
             meta.put_raw(keys::state(STATE_NEXT_GEN), 2u64.to_le_bytes().to_vec());
@@ -186,11 +198,14 @@ impl Store {
                 },
             )?))
         };
-        let live = GenerationId(read_u64(&meta, STATE_LIVE_GEN)?);
         let next_gen = read_u64(&meta, STATE_NEXT_GEN)?;
         let next_ino = read_u64(&meta, STATE_NEXT_INO)?;
-        let ancestors = generation::ancestors(&meta, live)?;
-        meta.set_live(live, ancestors);
+        let gens = generation::load_all(&meta)?;
+        let main = gens.head(MAIN_BRANCH).ok_or_else(|| Error::BadRecord {
+            key: "generations".into(),
+            detail: "no live generation heads the main branch".into(),
+        })?;
+        meta.set_view(&gens.view(main)?);
         let blocks = BlockStore::open(
             &path.join(PACKS_DIR),
             meta.block_index_tree()?,
@@ -205,9 +220,12 @@ impl Store {
             blocks,
             state: Mutex::new(State {
                 meta,
+                heads: HashMap::new(),
+                gens,
                 dirty: HashMap::new(),
                 dirty_bytes: 0,
                 open: HashMap::new(),
+                handles: HashMap::new(),
                 next_ino,
                 next_gen,
                 poisoned: None,
@@ -217,6 +235,7 @@ impl Store {
             stop: AtomicBool::new(false),
             _lock: lock,
         });
+        store.lock().refresh_heads()?;
         store.remove_orphans()?;
         Ok(store)
     }
@@ -311,7 +330,10 @@ impl Store {
         if st.dirty.is_empty() && !st.meta.is_dirty() {
             return Ok(());
         }
-        self.seal_dirty(st)?;
+        let view = st.meta.view().clone();
+        let sealed = self.seal_dirty(st);
+        st.meta.set_view(&view);
+        sealed?;
         if let Err(e) = self.blocks.sync() {
             st.poisoned = Some(e.to_string());
             return Err(e.into());
@@ -344,21 +366,69 @@ impl Store {
         self.sync()
     }
 
+    /// Removes, in every branch, the inodes that were unlinked while open and are no
+    /// longer referenced (at open: left by a crash; at close: by anything).
     fn remove_orphans(&self) -> Result<()> {
         let mut st = self.lock();
-        let orphans = st.meta.scan(&[keys::ORPHAN])?;
-        if orphans.is_empty() {
-            return Ok(());
+        let heads: Vec<GenerationId> = st.gens.heads().map(|(g, _)| g).collect();
+        let mut any = false;
+        for head in heads {
+            let view = st.gens.view(head)?;
+            st.meta.set_view(&view);
+            for (base, _) in st.meta.scan(&[keys::ORPHAN])? {
+                let ino = keys::key_ino(&base);
+                if st.open.contains_key(&(head, ino)) {
+                    continue;
+                }
+                tracing::info!(
+                    ino = ino.0,
+                    gen = head.0,
+                    "removing inode unlinked while open"
+                );
+                self.destroy_inode(&mut st, ino)?;
+                any = true;
+            }
         }
-        for (base, _) in orphans {
-            let ino = keys::key_ino(&base);
-            tracing::info!(
-                ino = ino.0,
-                "removing inode unlinked while open before a crash"
-            );
-            self.destroy_inode(&mut st, ino)?;
+        if any {
+            self.commit_locked(&mut st)?;
         }
-        self.commit_locked(&mut st)
+        Ok(())
+    }
+}
+
+impl State {
+    /// Rebuilds the branch → view table from the generation records.
+    pub(crate) fn refresh_heads(&mut self) -> Result<()> {
+        let mut heads = HashMap::new();
+        for (g, r) in self.gens.heads() {
+            heads.insert(r.branch.clone(), self.gens.view(g)?);
+        }
+        self.heads = heads;
+        Ok(())
+    }
+
+    /// The generation the state is pointed at (see `Volume::lock`).
+    pub(crate) fn cur(&self) -> GenerationId {
+        self.meta.view().gen
+    }
+
+    pub(crate) fn dirty_of(&self, ino: InodeNo) -> Option<&DirtyFile> {
+        self.dirty.get(&(self.cur(), ino))
+    }
+
+    pub(crate) fn dirty_of_mut(&mut self, ino: InodeNo) -> Option<&mut DirtyFile> {
+        let k = (self.cur(), ino);
+        self.dirty.get_mut(&k)
+    }
+
+    pub(crate) fn dirty_entry(&mut self, ino: InodeNo) -> &mut DirtyFile {
+        let k = (self.cur(), ino);
+        self.dirty.entry(k).or_default()
+    }
+
+    pub(crate) fn dirty_remove(&mut self, ino: InodeNo) -> Option<DirtyFile> {
+        let k = (self.cur(), ino);
+        self.dirty.remove(&k)
     }
 }
 

@@ -32,8 +32,9 @@ fn reopen(dir: &tempfile::TempDir, s: Arc<Store>) -> Arc<Store> {
     Store::open(&dir.path().join("store")).unwrap()
 }
 
-fn file(s: &Store, parent: InodeNo, name: &str) -> InodeNo {
-    s.mknod(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, CTX)
+fn file(s: &Arc<Store>, parent: InodeNo, name: &str) -> InodeNo {
+    s.main()
+        .mknod(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, CTX)
         .unwrap()
         .ino
 }
@@ -71,22 +72,24 @@ fn write_read_across_blocks_and_reopen() {
     let (dir, s) = new_store();
     let f = file(&s, InodeNo::ROOT, "f");
     let data = pattern(3 * BS as usize + 1234, 7);
-    assert_eq!(s.write(f, 100, &data).unwrap() as usize, data.len());
-    let back = s.read(f, 100, data.len() as u32 + 50).unwrap();
+    assert_eq!(s.main().write(f, 100, &data).unwrap() as usize, data.len());
+    let back = s.main().read(f, 100, data.len() as u32 + 50).unwrap();
     assert_eq!(back, data);
-    assert_eq!(s.read(f, 0, 100).unwrap(), vec![0; 100]);
+    assert_eq!(s.main().read(f, 0, 100).unwrap(), vec![0; 100]);
     let s = reopen(&dir, s);
-    let a = s.lookup(InodeNo::ROOT, b"f").unwrap();
+    let a = s.main().lookup(InodeNo::ROOT, b"f").unwrap();
     assert_eq!(a.size, 100 + data.len() as u64);
-    assert_eq!(s.read(f, 100, data.len() as u32).unwrap(), data);
+    assert_eq!(s.main().read(f, 100, data.len() as u32).unwrap(), data);
     // Partial overwrite of committed data.
-    s.write(f, BS as u64 - 10, b"0123456789abcdefghij").unwrap();
+    s.main()
+        .write(f, BS as u64 - 10, b"0123456789abcdefghij")
+        .unwrap();
     let mut expect = vec![0u8; 100];
     expect.extend_from_slice(&data);
     expect[BS as usize - 10..BS as usize + 10].copy_from_slice(b"0123456789abcdefghij");
-    assert_eq!(s.read(f, 0, expect.len() as u32).unwrap(), expect);
+    assert_eq!(s.main().read(f, 0, expect.len() as u32).unwrap(), expect);
     let s = reopen(&dir, s);
-    assert_eq!(s.read(f, 0, expect.len() as u32).unwrap(), expect);
+    assert_eq!(s.main().read(f, 0, expect.len() as u32).unwrap(), expect);
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
 }
 
@@ -94,32 +97,34 @@ fn write_read_across_blocks_and_reopen() {
 fn truncate_zeroes_the_tail_and_holes_read_as_zero() {
     let (dir, s) = new_store();
     let f = file(&s, InodeNo::ROOT, "f");
-    s.write(f, 0, &vec![0xab; 2 * BS as usize]).unwrap();
+    s.main().write(f, 0, &vec![0xab; 2 * BS as usize]).unwrap();
     s.sync().unwrap();
-    s.setattr(
-        f,
-        &SetAttr {
-            size: Some(10),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    s.setattr(
-        f,
-        &SetAttr {
-            size: Some(3 * BS as u64),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let back = s.read(f, 0, 3 * BS).unwrap();
+    s.main()
+        .setattr(
+            f,
+            &SetAttr {
+                size: Some(10),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    s.main()
+        .setattr(
+            f,
+            &SetAttr {
+                size: Some(3 * BS as u64),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let back = s.main().read(f, 0, 3 * BS).unwrap();
     assert_eq!(&back[..10], &[0xab; 10]);
     assert!(back[10..].iter().all(|&b| b == 0));
     let s = reopen(&dir, s);
-    let back = s.read(f, 0, 3 * BS).unwrap();
+    let back = s.main().read(f, 0, 3 * BS).unwrap();
     assert_eq!(&back[..10], &[0xab; 10]);
     assert!(back[10..].iter().all(|&b| b == 0));
-    assert_eq!(s.getattr(f).unwrap().blocks, BS as u64 / 512);
+    assert_eq!(s.main().getattr(f).unwrap().blocks, BS as u64 / 512);
 }
 
 #[test]
@@ -127,40 +132,44 @@ fn seek_data_hole_and_punch() {
     let (_dir, s) = new_store();
     let f = file(&s, InodeNo::ROOT, "f");
     let bs = BS as u64;
-    s.write(f, 2 * bs, &vec![1; bs as usize]).unwrap();
-    s.setattr(
-        f,
-        &SetAttr {
-            size: Some(5 * bs),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(s.lseek(f, 0, SeekWhence::Data).unwrap(), 2 * bs);
-    assert_eq!(s.lseek(f, 2 * bs + 5, SeekWhence::Hole).unwrap(), 3 * bs);
-    assert_eq!(s.lseek(f, 0, SeekWhence::Hole).unwrap(), 0);
+    s.main().write(f, 2 * bs, &vec![1; bs as usize]).unwrap();
+    s.main()
+        .setattr(
+            f,
+            &SetAttr {
+                size: Some(5 * bs),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(s.main().lseek(f, 0, SeekWhence::Data).unwrap(), 2 * bs);
+    assert_eq!(
+        s.main().lseek(f, 2 * bs + 5, SeekWhence::Hole).unwrap(),
+        3 * bs
+    );
+    assert_eq!(s.main().lseek(f, 0, SeekWhence::Hole).unwrap(), 0);
     assert!(matches!(
-        s.lseek(f, 3 * bs, SeekWhence::Data),
+        s.main().lseek(f, 3 * bs, SeekWhence::Data),
         Err(Error::NoDataPast)
     ));
     assert!(matches!(
-        s.lseek(f, 5 * bs, SeekWhence::Hole),
+        s.main().lseek(f, 5 * bs, SeekWhence::Hole),
         Err(Error::NoDataPast)
     ));
     s.sync().unwrap();
-    assert_eq!(s.lseek(f, 0, SeekWhence::Data).unwrap(), 2 * bs);
+    assert_eq!(s.main().lseek(f, 0, SeekWhence::Data).unwrap(), 2 * bs);
     let keep = FallocateMode {
         keep_size: true,
         punch_hole: true,
         zero_range: false,
     };
-    s.fallocate(f, 2 * bs, bs, keep).unwrap();
+    s.main().fallocate(f, 2 * bs, bs, keep).unwrap();
     assert!(matches!(
-        s.lseek(f, 0, SeekWhence::Data),
+        s.main().lseek(f, 0, SeekWhence::Data),
         Err(Error::NoDataPast)
     ));
-    assert_eq!(s.getattr(f).unwrap().size, 5 * bs);
-    assert_eq!(s.getattr(f).unwrap().blocks, 0);
+    assert_eq!(s.main().getattr(f).unwrap().size, 5 * bs);
+    assert_eq!(s.main().getattr(f).unwrap().blocks, 0);
 }
 
 #[test]
@@ -169,10 +178,13 @@ fn copy_file_range_shares_blocks() {
     let a = file(&s, InodeNo::ROOT, "a");
     let b = file(&s, InodeNo::ROOT, "b");
     let data = pattern(4 * BS as usize + 100, 3);
-    s.write(a, 0, &data).unwrap();
+    s.main().write(a, 0, &data).unwrap();
     s.sync().unwrap();
     let before = s.stats().unwrap();
-    let n = s.copy_file_range(a, 0, b, 0, data.len() as u64).unwrap();
+    let n = s
+        .main()
+        .copy_file_range(a, 0, b, 0, data.len() as u64)
+        .unwrap();
     assert_eq!(n as usize, data.len());
     s.sync().unwrap();
     let after = s.stats().unwrap();
@@ -181,37 +193,47 @@ fn copy_file_range_shares_blocks() {
         "whole blocks are shared, not stored again"
     );
     let s = reopen(&dir, s);
-    assert_eq!(s.read(b, 0, data.len() as u32).unwrap(), data);
+    assert_eq!(s.main().read(b, 0, data.len() as u32).unwrap(), data);
 }
 
 #[test]
 fn namespace_operations_keep_counts_and_survive_reopen() {
     let (dir, s) = new_store();
-    let d = s.mkdir(InodeNo::ROOT, b"d", 0o755, CTX).unwrap().ino;
-    let e = s.mkdir(d, b"e", 0o700, CTX).unwrap().ino;
-    assert_eq!(s.getattr(d).unwrap().nlink, 3);
-    assert_eq!(s.getattr(InodeNo::ROOT).unwrap().nlink, 3);
+    let d = s.main().mkdir(InodeNo::ROOT, b"d", 0o755, CTX).unwrap().ino;
+    let e = s.main().mkdir(d, b"e", 0o700, CTX).unwrap().ino;
+    assert_eq!(s.main().getattr(d).unwrap().nlink, 3);
+    assert_eq!(s.main().getattr(InodeNo::ROOT).unwrap().nlink, 3);
     let f = file(&s, d, "f");
-    s.link(f, InodeNo::ROOT, b"hard").unwrap();
-    assert_eq!(s.getattr(f).unwrap().nlink, 2);
-    s.symlink(InodeNo::ROOT, b"sym", b"d/f", CTX).unwrap();
+    s.main().link(f, InodeNo::ROOT, b"hard").unwrap();
+    assert_eq!(s.main().getattr(f).unwrap().nlink, 2);
+    s.main()
+        .symlink(InodeNo::ROOT, b"sym", b"d/f", CTX)
+        .unwrap();
     assert!(matches!(
-        s.mkdir(InodeNo::ROOT, b"d", 0o755, CTX),
+        s.main().mkdir(InodeNo::ROOT, b"d", 0o755, CTX),
         Err(Error::Exists)
     ));
-    assert!(matches!(s.rmdir(InodeNo::ROOT, b"d"), Err(Error::NotEmpty)));
-    assert!(matches!(s.unlink(InodeNo::ROOT, b"d"), Err(Error::IsDir)));
     assert!(matches!(
-        s.rename(InodeNo::ROOT, b"d", e, b"x", RenameFlags::default()),
+        s.main().rmdir(InodeNo::ROOT, b"d"),
+        Err(Error::NotEmpty)
+    ));
+    assert!(matches!(
+        s.main().unlink(InodeNo::ROOT, b"d"),
+        Err(Error::IsDir)
+    ));
+    assert!(matches!(
+        s.main()
+            .rename(InodeNo::ROOT, b"d", e, b"x", RenameFlags::default()),
         Err(Error::InvalidArgument(_))
     ));
     // Move e up to the root, exchange, noreplace.
-    s.rename(d, b"e", InodeNo::ROOT, b"e2", RenameFlags::default())
+    s.main()
+        .rename(d, b"e", InodeNo::ROOT, b"e2", RenameFlags::default())
         .unwrap();
-    assert_eq!(s.getattr(d).unwrap().nlink, 2);
-    assert_eq!(s.getattr(InodeNo::ROOT).unwrap().nlink, 4);
+    assert_eq!(s.main().getattr(d).unwrap().nlink, 2);
+    assert_eq!(s.main().getattr(InodeNo::ROOT).unwrap().nlink, 4);
     assert!(matches!(
-        s.rename(
+        s.main().rename(
             InodeNo::ROOT,
             b"hard",
             InodeNo::ROOT,
@@ -223,30 +245,33 @@ fn namespace_operations_keep_counts_and_survive_reopen() {
         ),
         Err(Error::Exists)
     ));
-    s.rename(
-        InodeNo::ROOT,
-        b"hard",
-        InodeNo::ROOT,
-        b"sym",
-        RenameFlags {
-            noreplace: false,
-            exchange: true,
-        },
-    )
-    .unwrap();
+    s.main()
+        .rename(
+            InodeNo::ROOT,
+            b"hard",
+            InodeNo::ROOT,
+            b"sym",
+            RenameFlags {
+                noreplace: false,
+                exchange: true,
+            },
+        )
+        .unwrap();
     assert_eq!(
-        s.readlink(s.lookup(InodeNo::ROOT, b"hard").unwrap().ino)
+        s.main()
+            .readlink(s.main().lookup(InodeNo::ROOT, b"hard").unwrap().ino)
             .unwrap(),
         b"d/f"
     );
-    assert_eq!(s.lookup(InodeNo::ROOT, b"sym").unwrap().ino, f);
-    assert_eq!(s.parent_of(e).unwrap(), InodeNo::ROOT);
+    assert_eq!(s.main().lookup(InodeNo::ROOT, b"sym").unwrap().ino, f);
+    assert_eq!(s.main().parent_of(e).unwrap(), InodeNo::ROOT);
     assert!(matches!(
-        s.mkdir(InodeNo::ROOT, &[b'n'; 256], 0o755, CTX),
+        s.main().mkdir(InodeNo::ROOT, &[b'n'; 256], 0o755, CTX),
         Err(Error::NameTooLong)
     ));
     let s = reopen(&dir, s);
     let names: Vec<_> = s
+        .main()
         .readdir(InodeNo::ROOT)
         .unwrap()
         .into_iter()
@@ -261,11 +286,11 @@ fn namespace_operations_keep_counts_and_survive_reopen() {
             b"sym".to_vec()
         ]
     );
-    s.unlink(InodeNo::ROOT, b"sym").unwrap();
-    assert_eq!(s.getattr(f).unwrap().nlink, 1);
-    s.rmdir(InodeNo::ROOT, b"e2").unwrap();
-    assert_eq!(s.getattr(InodeNo::ROOT).unwrap().nlink, 3);
-    assert!(matches!(s.getattr(e), Err(Error::NotFound)));
+    s.main().unlink(InodeNo::ROOT, b"sym").unwrap();
+    assert_eq!(s.main().getattr(f).unwrap().nlink, 1);
+    s.main().rmdir(InodeNo::ROOT, b"e2").unwrap();
+    assert_eq!(s.main().getattr(InodeNo::ROOT).unwrap().nlink, 3);
+    assert!(matches!(s.main().getattr(e), Err(Error::NotFound)));
     let s = reopen(&dir, s);
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
 }
@@ -274,19 +299,19 @@ fn namespace_operations_keep_counts_and_survive_reopen() {
 fn unlinked_open_file_stays_readable_and_is_removed_at_release_or_reopen() {
     let (dir, s) = new_store();
     let f = file(&s, InodeNo::ROOT, "f");
-    s.write(f, 0, b"still here").unwrap();
-    s.open_file(f).unwrap();
-    s.unlink(InodeNo::ROOT, b"f").unwrap();
-    assert_eq!(s.read(f, 0, 100).unwrap(), b"still here");
+    s.main().write(f, 0, b"still here").unwrap();
+    s.main().open_file(f).unwrap();
+    s.main().unlink(InodeNo::ROOT, b"f").unwrap();
+    assert_eq!(s.main().read(f, 0, 100).unwrap(), b"still here");
     s.sync().unwrap();
     // A crash now (drop without release) must not leak the inode: reopen removes it.
     let g = file(&s, InodeNo::ROOT, "g");
-    s.open_file(g).unwrap();
-    s.unlink(InodeNo::ROOT, b"g").unwrap();
-    s.release_file(g).unwrap();
-    assert!(matches!(s.getattr(g), Err(Error::NotFound)));
+    s.main().open_file(g).unwrap();
+    s.main().unlink(InodeNo::ROOT, b"g").unwrap();
+    s.main().release_file(g).unwrap();
+    assert!(matches!(s.main().getattr(g), Err(Error::NotFound)));
     let s = reopen(&dir, s);
-    assert!(matches!(s.getattr(f), Err(Error::NotFound)));
+    assert!(matches!(s.main().getattr(f), Err(Error::NotFound)));
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
 }
 
@@ -294,12 +319,16 @@ fn unlinked_open_file_stays_readable_and_is_removed_at_release_or_reopen() {
 fn setgid_directories_pass_their_group_on() {
     let (_dir, s) = new_store();
     let d = s
+        .main()
         .mkdir(InodeNo::ROOT, b"d", 0o2775, Ctx { uid: 0, gid: 50 })
         .unwrap();
     assert_eq!(d.perm & 0o2000, 0o2000);
-    let f = s.mknod(d.ino, b"f", libc::S_IFREG | 0o644, 0, CTX).unwrap();
+    let f = s
+        .main()
+        .mknod(d.ino, b"f", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap();
     assert_eq!(f.gid, 50);
-    let sub = s.mkdir(d.ino, b"sub", 0o755, CTX).unwrap();
+    let sub = s.main().mkdir(d.ino, b"sub", 0o755, CTX).unwrap();
     assert_eq!((sub.gid, sub.perm & 0o2000), (50, 0o2000));
 }
 
@@ -316,27 +345,31 @@ fn xattrs_flags_and_errors() {
         replace: true,
     };
     assert!(matches!(
-        s.setxattr(f, b"user.a", b"1", replace),
+        s.main().setxattr(f, b"user.a", b"1", replace),
         Err(Error::NoAttribute)
     ));
-    s.setxattr(f, b"user.a", b"1", create).unwrap();
+    s.main().setxattr(f, b"user.a", b"1", create).unwrap();
     assert!(matches!(
-        s.setxattr(f, b"user.a", b"2", create),
+        s.main().setxattr(f, b"user.a", b"2", create),
         Err(Error::Exists)
     ));
-    s.setxattr(f, b"user.a", b"2", replace).unwrap();
-    s.setxattr(f, b"user.b", b"", XattrFlags::default())
+    s.main().setxattr(f, b"user.a", b"2", replace).unwrap();
+    s.main()
+        .setxattr(f, b"user.b", b"", XattrFlags::default())
         .unwrap();
     let s = reopen(&dir, s);
-    assert_eq!(s.getxattr(f, b"user.a").unwrap(), b"2");
+    assert_eq!(s.main().getxattr(f, b"user.a").unwrap(), b"2");
     assert_eq!(
-        s.listxattr(f).unwrap(),
+        s.main().listxattr(f).unwrap(),
         vec![b"user.a".to_vec(), b"user.b".to_vec()]
     );
-    s.removexattr(f, b"user.a").unwrap();
-    assert!(matches!(s.getxattr(f, b"user.a"), Err(Error::NoAttribute)));
+    s.main().removexattr(f, b"user.a").unwrap();
     assert!(matches!(
-        s.removexattr(f, b"user.a"),
+        s.main().getxattr(f, b"user.a"),
+        Err(Error::NoAttribute)
+    ));
+    assert!(matches!(
+        s.main().removexattr(f, b"user.a"),
         Err(Error::NoAttribute)
     ));
 }
@@ -347,35 +380,43 @@ fn dedup_and_zero_blocks() {
     let a = file(&s, InodeNo::ROOT, "a");
     let b = file(&s, InodeNo::ROOT, "b");
     let data = pattern(2 * BS as usize, 9);
-    s.write(a, 0, &data).unwrap();
-    s.write(b, 0, &data).unwrap();
+    s.main().write(a, 0, &data).unwrap();
+    s.main().write(b, 0, &data).unwrap();
     let z = file(&s, InodeNo::ROOT, "z");
-    s.write(z, 0, &vec![0; 4 * BS as usize]).unwrap();
+    s.main().write(z, 0, &vec![0; 4 * BS as usize]).unwrap();
     s.sync().unwrap();
     let st = s.stats().unwrap();
     assert_eq!(st.blocks, 2);
     assert_eq!(st.logical_bytes, 4 * BS as u64);
     assert!((st.dedup_ratio - 2.0).abs() < 1e-9);
-    assert_eq!(s.getattr(z).unwrap().blocks, 0, "zero blocks are holes");
-    assert_eq!(s.read(z, 0, 4 * BS).unwrap(), vec![0; 4 * BS as usize]);
+    assert_eq!(
+        s.main().getattr(z).unwrap().blocks,
+        0,
+        "zero blocks are holes"
+    );
+    assert_eq!(
+        s.main().read(z, 0, 4 * BS).unwrap(),
+        vec![0; 4 * BS as usize]
+    );
 }
 
 #[test]
 fn reads_past_a_trimmed_last_block_are_zeros() {
     let (_dir, s) = new_store();
     let f = file(&s, InodeNo::ROOT, "f");
-    s.write(f, 0, &[7u8; 100]).unwrap();
+    s.main().write(f, 0, &[7u8; 100]).unwrap();
     s.sync().unwrap(); // block 0 is stored trimmed to 100 bytes
-    s.setattr(
-        f,
-        &SetAttr {
-            size: Some(BS as u64 + 10),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(s.read(f, 200, 50).unwrap(), vec![0u8; 50]);
-    let all = s.read(f, 0, BS + 10).unwrap();
+    s.main()
+        .setattr(
+            f,
+            &SetAttr {
+                size: Some(BS as u64 + 10),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(s.main().read(f, 200, 50).unwrap(), vec![0u8; 50]);
+    let all = s.main().read(f, 0, BS + 10).unwrap();
     assert_eq!(&all[..100], &[7u8; 100]);
     assert!(all[100..].iter().all(|&b| b == 0));
 }

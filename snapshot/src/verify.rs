@@ -12,8 +12,10 @@ use serde::Serialize;
 
 use crate::codec::{self, InodeRecord};
 use crate::error::Result;
+use crate::generation::{MAIN_BRANCH, STATE_FROZEN, STATE_LIVE};
 use crate::keys;
-use crate::store::Store;
+use crate::store::{State, Store};
+use crate::types::GenerationId;
 use crate::types::{FileKind, InodeNo};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,6 +47,10 @@ pub struct Stats {
     pub pack_files: u64,
 }
 
+struct Problems<'a> {
+    problems: &'a mut Vec<String>,
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         1.0
@@ -54,8 +60,11 @@ fn ratio(a: u64, b: u64) -> f64 {
 }
 
 impl Store {
+    /// Figures of the main branch's live tree and of the blockstore.
     pub fn stats(&self) -> Result<Stats> {
-        let st = self.lock();
+        let mut st = self.lock();
+        let view = st.heads[crate::generation::MAIN_BRANCH].clone();
+        st.meta.set_view(&view);
         let bs = self.config.block_size as u64;
         let mut s = Stats::default();
         let mut sizes: HashMap<InodeNo, u64> = HashMap::new();
@@ -97,7 +106,38 @@ impl Store {
             ..Default::default()
         };
         let bad: HashSet<_> = b.bad_blocks.into_iter().collect();
-        let st = self.lock();
+        let mut st = self.lock();
+        // Every tree: each branch's live tree and each snapshot.
+        let trees: Vec<(String, GenerationId)> = st
+            .gens
+            .all
+            .iter()
+            .filter_map(|(g, rec)| match rec.state {
+                STATE_LIVE if rec.branch == MAIN_BRANCH => Some((String::new(), *g)),
+                STATE_LIVE => Some((format!("branch {}: ", rec.branch), *g)),
+                STATE_FROZEN => Some((format!("snapshot {}: ", rec.name), *g)),
+                _ => None,
+            })
+            .collect();
+        for (label, g) in trees {
+            let view = st.gens.view(g)?;
+            st.meta.set_view(&view);
+            let mut problems = Vec::new();
+            r.inodes_checked += self.verify_tree(&st, &bad, &mut problems)?;
+            r.problems
+                .extend(problems.into_iter().map(|p| format!("{label}{p}")));
+        }
+        Ok(r)
+    }
+
+    /// Checks the tree `st` points at; returns the number of inodes checked.
+    fn verify_tree(
+        &self,
+        st: &State,
+        bad: &HashSet<strata_blockstore::BlockId>,
+        problems: &mut Vec<String>,
+    ) -> Result<u64> {
+        let r = Problems { problems };
         let bs = self.config.block_size as u64;
 
         let mut inodes: HashMap<InodeNo, InodeRecord> = HashMap::new();
@@ -111,7 +151,7 @@ impl Store {
                     .push(format!("inode {}: {e}", keys::key_ino(&base).0)),
             }
         }
-        r.inodes_checked = inodes.len() as u64;
+        let checked = inodes.len() as u64;
         let orphans: HashSet<InodeNo> = st
             .meta
             .scan(&[keys::ORPHAN])?
@@ -231,6 +271,6 @@ impl Store {
                     .push(format!("xattr record for missing inode {}", ino.0));
             }
         }
-        Ok(r)
+        Ok(checked)
     }
 }
