@@ -19,10 +19,15 @@ impl State {
         self.meta.put(&keys::inode(ino), &rec.encode());
     }
 
-    pub(crate) fn alloc_ino(&mut self) -> InodeNo {
+    /// A fresh inode number. Numbers stay below `InodeNo::LIMIT` (fs numbers objects of
+    /// snapshot views above it); running out is ENOSPC.
+    pub(crate) fn alloc_ino(&mut self) -> Result<InodeNo> {
+        if self.next_ino >= InodeNo::LIMIT {
+            return Err(Error::NoSpace);
+        }
         let ino = InodeNo(self.next_ino);
         self.next_ino += 1;
-        ino
+        Ok(ino)
     }
 
     pub(crate) fn lookup_entry(

@@ -42,3 +42,5 @@ pub use verify::{Stats, VerifyReport};
 pub use volume::{Volume, VolumeKind};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_generations;

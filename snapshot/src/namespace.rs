@@ -108,7 +108,7 @@ impl Volume {
                 perm |= libc::S_ISGID as u16;
             }
         }
-        let ino = st.alloc_ino();
+        let ino = st.alloc_ino()?;
         let rec = InodeRecord {
             kind,
             perm,

@@ -11,6 +11,9 @@ impl InodeNo {
     pub const ROOT: InodeNo = InodeNo(1);
     /// First number handed out to a new inode.
     pub const FIRST_FREE: u64 = 2;
+    /// Inode numbers handed out stay below this (2^40 - 1); `fs` uses the numbers from
+    /// here up for `.snapshots` and the objects of snapshot views.
+    pub const LIMIT: u64 = (1 << 40) - 1;
 }
 
 /// A node in the generation tree. Numbers grow monotonically and are never reused.
