@@ -240,6 +240,7 @@ impl Volume {
         rec.mtime = now;
         rec.ctime = now;
         st.save_inode(ino, &rec);
+        crate::split_writes::note_write(&mut st, ino, offset, end);
         self.after_dirtying(&mut st)?;
         Ok(data.len() as u32)
     }

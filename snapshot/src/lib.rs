@@ -25,6 +25,7 @@ pub mod lock;
 mod meta;
 mod namespace;
 mod snapshots;
+mod split_writes;
 mod store;
 mod types;
 mod verify;

@@ -179,7 +179,7 @@ impl Store {
     /// Freezes `branch`'s live tree as snapshot `name`.
     pub fn snapshot_create(&self, branch: &str, name: &str) -> Result<SnapshotInfo> {
         check_name("snapshot", name)?;
-        let mut st = self.lock();
+        let mut st = self.lock_between_writes(|st| st.heads.get(branch).map(|v| v.gen));
         if st.gens.snapshot(name).is_some() {
             return Err(Error::Invalid(format!(
                 "a snapshot named {name:?} exists already"
@@ -286,7 +286,7 @@ impl Store {
                 open_files.join(", ")
             )));
         }
-        let mut st = self.lock();
+        let mut st = self.lock_between_writes(|st| st.heads.get(branch).map(|v| v.gen));
         let head = head_of(&st, branch)?;
         self.commit_locked(&mut st)?;
         let now = Timestamp::now();
@@ -494,6 +494,7 @@ fn rekey(st: &mut State, old: GenerationId, new: GenerationId) {
             map.insert((new, ino), v);
         }
     }
+    st.partial_writes.retain(|(g, _), _| *g != old);
     debug_assert!(st.dirty.keys().all(|(g, _)| *g != old));
 }
 

@@ -63,6 +63,9 @@ pub(crate) struct State {
     /// Set after a failed commit: later writes are refused (never pretend after a failed
     /// fsync).
     pub poisoned: Option<String>,
+    /// Write requests that may be the first part of a write call the kernel split (see
+    /// `split_writes`): end offset and arrival time, per (live generation, inode).
+    pub partial_writes: HashMap<(GenerationId, InodeNo), (u64, std::time::Instant)>,
 }
 
 pub struct Store {
@@ -229,6 +232,7 @@ impl Store {
                 next_ino,
                 next_gen,
                 poisoned: None,
+                partial_writes: HashMap::new(),
             }),
             background: Mutex::new(None),
             wake: Condvar::new(),

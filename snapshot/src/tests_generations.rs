@@ -338,3 +338,35 @@ fn snapshot_of_buffered_writes_includes_them() {
     assert_eq!(get(&snap, "f").unwrap(), data(3 * BS as usize + 17, 9));
     s.close().unwrap();
 }
+
+#[test]
+fn a_snapshot_never_holds_half_of_a_write_the_kernel_split() {
+    // The kernel sends a write call whose first page is partial and uncached as two
+    // requests: [3500, 4096) then [4096, 4500). A snapshot requested between them waits
+    // for the second.
+    let (_dir, s) = new_store();
+    let v = s.main();
+    let f = put(&v, "f", &[1u8; 3500]);
+    let writer = {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            v.write(f, 3500, &[2u8; 596]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            v.write(f, 4096, &[3u8; 404]).unwrap();
+        })
+    };
+    while v.getattr(f).unwrap().size < 4096 {
+        std::thread::yield_now();
+    }
+    s.snapshot_create(MAIN_BRANCH, "mid").unwrap();
+    writer.join().unwrap();
+    let snap = s
+        .volume(VolumeKind::Snapshot(s.snapshot_gen("mid").unwrap()))
+        .unwrap();
+    let len = get(&snap, "f").unwrap().len();
+    assert_eq!(
+        len, 4500,
+        "the snapshot must wait for the rest of the split write"
+    );
+    s.close().unwrap();
+}
