@@ -1,10 +1,19 @@
 //! The fuser `Filesystem` implementation: a thin translation of each kernel request into
-//! one `strata_snapshot::Store` call and a reply. No file-system logic lives here.
+//! one `strata_snapshot::Volume` call and a reply. No file-system logic lives here.
+//!
+//! Which volume and model inode a FUSE inode number names, and `.snapshots`, belong to
+//! `snapdir`; every entry and inode handed to the kernel is recorded in
+//! `invalidate::KernelCache` so it can be invalidated later.
+//!
+//! Refusals: any change inside a snapshot or inside `.snapshots` is EROFS (including
+//! opening for writing); a rename or link between two trees (the mounted one, one
+//! snapshot, another snapshot) is EXDEV, as between two mounts; creating a name
+//! `.snapshots` in the root of a branch mount is EEXIST, removing or renaming it EROFS.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -14,27 +23,80 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use strata_snapshot as snap;
-use strata_snapshot::{Attr, Ctx, FileKind, InodeNo as Ino, Volume};
+use strata_snapshot::{Attr, Ctx, FileKind, Volume};
 
-use crate::errno::{errno, is_fault};
+use crate::errno::{fail, Failure};
 use crate::handles::{Handle, Handles};
+use crate::inodes::{Place, SNAPDIR};
+use crate::invalidate::{KernelCache, Shared};
+use crate::snapdir::{Node, Obj, Views};
 
-/// How long the kernel may cache entries and attributes. Every change goes through this
-/// daemon, and the kernel invalidates what its own requests change.
+/// How long the kernel may cache entries and attributes of the live tree. Every change
+/// goes through this daemon, and the kernel invalidates what its own requests change.
+/// Names in `.snapshots` use it too (snapshots are created, renamed and deleted).
 const TTL: Duration = Duration::from_secs(1);
+/// The same inside snapshots, which never change.
+const SNAP_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_WRITE: u32 = 1 << 20;
 
 pub struct StrataFs {
-    store: Volume,
+    shared: Arc<Shared>,
     handles: Handles,
 }
 
 impl StrataFs {
-    pub fn new(store: Volume) -> StrataFs {
+    pub fn new(volume: Volume) -> StrataFs {
         StrataFs {
-            store,
+            shared: Arc::new(Shared {
+                views: Views::new(volume),
+                kernel: KernelCache::default(),
+                notifier: OnceLock::new(),
+            }),
             handles: Handles::default(),
         }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn views(&self) -> &Views {
+        &self.shared.views
+    }
+
+    fn node(&self, i: INodeNo) -> Result<Node<'_>, Errno> {
+        self.views().node(i.0)
+    }
+
+    /// The object `i` names; `.snapshots` is answered with `on_snapdir`.
+    fn obj(&self, i: INodeNo, on_snapdir: Errno) -> Result<Obj<'_>, Errno> {
+        match self.node(i)? {
+            Node::Obj(o) => Ok(o),
+            Node::SnapDir => Err(on_snapdir),
+        }
+    }
+
+    /// The object `i` names, to be changed: EROFS inside snapshots and `.snapshots`.
+    fn writable(&self, i: INodeNo) -> Result<Obj<'_>, Errno> {
+        match self.obj(i, Errno::EROFS)? {
+            o if o.read_only() => Err(Errno::EROFS),
+            o => Ok(o),
+        }
+    }
+
+    /// The directory in which `name` is to be created (`exists`: the answer for the name
+    /// `.snapshots` in the root) or removed (EROFS for it).
+    fn dir_to_change(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        exists: Errno,
+    ) -> Result<Obj<'_>, Errno> {
+        let o = self.writable(parent)?;
+        if self.views().is_snapdir_name(parent.0, name.as_bytes()) {
+            return Err(exists);
+        }
+        Ok(o)
     }
 
     /// Runs one request handler. A panic is contained: the reply it dropped answers EIO,
@@ -48,19 +110,61 @@ impl StrataFs {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(op, panic = %msg, "request handler panicked; refusing writes until remounted");
-            self.store.poison(format!("{op} panicked: {msg}"));
+            self.views().root().poison(format!("{op} panicked: {msg}"));
         }
     }
 
-    /// Replies with an entry; the kernel now holds a reference until it forgets it.
-    fn entry(&self, reply: ReplyEntry, a: &Attr) {
-        self.store.hold(a.ino, 1);
-        reply.entry(&TTL, &attr(a), Generation(0));
+    /// Replies with the entry `(parent, name)` → `a` (an object of `o`'s volume); the
+    /// kernel now holds a reference until it forgets it.
+    fn entry(
+        &self,
+        reply: ReplyEntry,
+        parent: INodeNo,
+        name: &OsStr,
+        o: &Obj,
+        a: &Attr,
+        ttl: &Duration,
+    ) {
+        o.vol.hold(a.ino, 1);
+        let fa = fattr(o, a);
+        self.shared
+            .kernel
+            .entry(parent.0, name.as_bytes(), fa.ino.0);
+        reply.entry(ttl, &fa, Generation(0));
+    }
+
+    /// The attributes of the object numbered `fuse`, with their TTL.
+    fn stat(&self, fuse: u64) -> Result<(FileAttr, &'static Duration), Errno> {
+        match self.views().node(fuse)? {
+            Node::SnapDir => Ok((attr(&self.views().snapdir_attr()?), &TTL)),
+            Node::Obj(o) => {
+                let a = o.vol.getattr(o.ino).map_err(|e| fail("getattr", &e))?;
+                Ok((fattr(&o, &a), ttl(&o)))
+            }
+        }
+    }
+
+    /// Counts a kernel reference on the object numbered `fuse` (a readdirplus entry).
+    fn hold(&self, fuse: u64) {
+        if let Ok(Node::Obj(o)) = self.views().node(fuse) {
+            o.vol.hold(o.ino, 1);
+        }
     }
 }
 
-fn ino(i: INodeNo) -> Ino {
-    Ino(i.0)
+fn ttl(o: &Obj) -> &'static Duration {
+    if o.read_only() {
+        &SNAP_TTL
+    } else {
+        &TTL
+    }
+}
+
+/// `a` (an object of `o`'s volume) with its FUSE inode number.
+fn fattr(o: &Obj, a: &Attr) -> FileAttr {
+    let mut f = attr(a);
+    f.ino = INodeNo(o.fuse(a.ino));
+    f
 }
 
 fn kind(k: FileKind) -> FileType {
@@ -106,22 +210,12 @@ fn ts(t: SystemTime) -> snap::Timestamp {
     snap::Timestamp::from_system_time(t)
 }
 
-/// Logs a failed request once, where it becomes an errno.
-fn fail(op: &str, e: &snap::Error) -> Errno {
-    if is_fault(e) {
-        tracing::error!(op, error = %e, "request failed");
-    } else {
-        tracing::debug!(op, error = %e, "request answered with an error");
-    }
-    errno(e)
-}
-
 macro_rules! tri {
     ($op:expr, $reply:expr, $e:expr) => {
         match $e {
             Ok(v) => v,
             Err(e) => {
-                $reply.error(fail($op, &e));
+                $reply.error(Failure::errno(e, $op));
                 return;
             }
         }
@@ -130,8 +224,12 @@ macro_rules! tri {
 
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_WRITEBACK_CACHE
-            | InitFlags::FUSE_DO_READDIRPLUS
+        // No FUSE_WRITEBACK_CACHE: with it the kernel acknowledges write() from its page
+        // cache and sends pages later, page by page, so a snapshot could hold part of one
+        // write call, or miss acknowledged writes. Without it every write call reaches
+        // the daemon (one request up to max_write) before it returns: snapshots are exact
+        // (docs/generations.md, "Consistent point"). The cost is on small writes.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
@@ -153,18 +251,37 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.contain("lookup", move || {
-            let a = tri!(
-                "lookup",
-                reply,
-                self.store.lookup(ino(parent), name.as_bytes())
-            );
-            self.entry(reply, &a);
+            match tri!("lookup", reply, self.node(parent)) {
+                Node::SnapDir => {
+                    let (o, a) = tri!("lookup", reply, self.views().enter(name.as_bytes()));
+                    self.entry(reply, parent, name, &o, &a, &TTL);
+                }
+                Node::Obj(_) if self.views().is_snapdir_name(parent.0, name.as_bytes()) => {
+                    let a = tri!("lookup", reply, self.views().snapdir_attr());
+                    self.shared.kernel.entry(parent.0, name.as_bytes(), SNAPDIR);
+                    reply.entry(&TTL, &attr(&a), Generation(0));
+                }
+                Node::Obj(o) => {
+                    let a = tri!("lookup", reply, o.vol.lookup(o.ino, name.as_bytes()));
+                    self.entry(reply, parent, name, &o, &a, ttl(&o));
+                }
+            }
         });
     }
 
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
         self.contain("forget", move || {
-            if let Err(e) = self.store.drop_refs(ino(i), nlookup) {
+            self.shared.kernel.forget(i.0, nlookup);
+            let views = self.views();
+            let dropped = match views.map().place(i.0) {
+                Some(Place::Own(ino)) => views.root().drop_refs(ino, nlookup),
+                Some(Place::Snap(g, ino)) => match views.cached(g) {
+                    Some(v) => v.drop_refs(ino, nlookup),
+                    None => Ok(()),
+                },
+                Some(Place::SnapDir) | None => Ok(()),
+            };
+            if let Err(e) = dropped {
                 fail("forget", &e);
             }
         });
@@ -172,8 +289,8 @@ impl Filesystem for StrataFs {
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.contain("getattr", move || {
-            let a = tri!("getattr", reply, self.store.getattr(ino(i)));
-            reply.attr(&TTL, &attr(&a));
+            let (a, ttl) = tri!("getattr", reply, self.stat(i.0));
+            reply.attr(ttl, &a);
         });
     }
 
@@ -196,6 +313,7 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         self.contain("setattr", move || {
+            let o = tri!("setattr", reply, self.writable(i));
             let time = |t: TimeOrNow| match t {
                 TimeOrNow::Now => snap::TimeSet::Now,
                 TimeOrNow::SpecificTime(t) => snap::TimeSet::At(ts(t)),
@@ -209,14 +327,15 @@ impl Filesystem for StrataFs {
                 mtime: mtime.map(time),
                 ctime: ctime.map(ts),
             };
-            let a = tri!("setattr", reply, self.store.setattr(ino(i), &set));
-            reply.attr(&TTL, &attr(&a));
+            let a = tri!("setattr", reply, o.vol.setattr(o.ino, &set));
+            reply.attr(ttl(&o), &fattr(&o, &a));
         });
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
         self.contain("readlink", move || {
-            let t = tri!("readlink", reply, self.store.readlink(ino(i)));
+            let o = tri!("readlink", reply, self.obj(i, Errno::EINVAL));
+            let t = tri!("readlink", reply, o.vol.readlink(o.ino));
             reply.data(&t);
         });
     }
@@ -232,13 +351,17 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         self.contain("mknod", move || {
+            let o = tri!(
+                "mknod",
+                reply,
+                self.dir_to_change(parent, name, Errno::EEXIST)
+            );
             let a = tri!(
                 "mknod",
                 reply,
-                self.store
-                    .mknod(ino(parent), name.as_bytes(), mode, rdev, ctx(req))
+                o.vol.mknod(o.ino, name.as_bytes(), mode, rdev, ctx(req))
             );
-            self.entry(reply, &a);
+            self.entry(reply, parent, name, &o, &a, &TTL);
         });
     }
 
@@ -252,34 +375,42 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         self.contain("mkdir", move || {
+            let o = tri!(
+                "mkdir",
+                reply,
+                self.dir_to_change(parent, name, Errno::EEXIST)
+            );
             let a = tri!(
                 "mkdir",
                 reply,
-                self.store
-                    .mkdir(ino(parent), name.as_bytes(), mode, ctx(req))
+                o.vol.mkdir(o.ino, name.as_bytes(), mode, ctx(req))
             );
-            self.entry(reply, &a);
+            self.entry(reply, parent, name, &o, &a, &TTL);
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.contain("unlink", move || {
-            tri!(
+            let o = tri!(
                 "unlink",
                 reply,
-                self.store.unlink(ino(parent), name.as_bytes())
+                self.dir_to_change(parent, name, Errno::EROFS)
             );
+            tri!("unlink", reply, o.vol.unlink(o.ino, name.as_bytes()));
+            self.shared.kernel.removed(parent.0, name.as_bytes());
             reply.ok();
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.contain("rmdir", move || {
-            tri!(
+            let o = tri!(
                 "rmdir",
                 reply,
-                self.store.rmdir(ino(parent), name.as_bytes())
+                self.dir_to_change(parent, name, Errno::EROFS)
             );
+            tri!("rmdir", reply, o.vol.rmdir(o.ino, name.as_bytes()));
+            self.shared.kernel.removed(parent.0, name.as_bytes());
             reply.ok();
         });
     }
@@ -293,17 +424,22 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         self.contain("symlink", move || {
+            let o = tri!(
+                "symlink",
+                reply,
+                self.dir_to_change(parent, link_name, Errno::EEXIST)
+            );
             let a = tri!(
                 "symlink",
                 reply,
-                self.store.symlink(
-                    ino(parent),
+                o.vol.symlink(
+                    o.ino,
                     link_name.as_bytes(),
                     target.as_os_str().as_bytes(),
                     ctx(req)
                 )
             );
-            self.entry(reply, &a);
+            self.entry(reply, parent, link_name, &o, &a, &TTL);
         });
     }
 
@@ -323,20 +459,32 @@ impl Filesystem for StrataFs {
                 reply.error(Errno::from_i32(libc::EINVAL));
                 return;
             }
+            let (a, b) = tri!("rename", reply, self.views().pair(parent.0, newparent.0));
+            if self.views().is_snapdir_name(parent.0, name.as_bytes())
+                || self
+                    .views()
+                    .is_snapdir_name(newparent.0, newname.as_bytes())
+            {
+                reply.error(Errno::EROFS);
+                return;
+            }
+            let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
             let f = snap::RenameFlags {
                 noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
-                exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+                exchange,
             };
             tri!(
                 "rename",
                 reply,
-                self.store.rename(
-                    ino(parent),
-                    name.as_bytes(),
-                    ino(newparent),
-                    newname.as_bytes(),
-                    f
-                )
+                a.vol
+                    .rename(a.ino, name.as_bytes(), b.ino, newname.as_bytes(), f)
+            );
+            self.shared.kernel.renamed(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                exchange,
             );
             reply.ok();
         });
@@ -351,19 +499,34 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         self.contain("link", move || {
+            let (src, o) = tri!("link", reply, self.views().pair(i.0, newparent.0));
+            if self
+                .views()
+                .is_snapdir_name(newparent.0, newname.as_bytes())
+            {
+                reply.error(Errno::EEXIST);
+                return;
+            }
             let a = tri!(
                 "link",
                 reply,
-                self.store.link(ino(i), ino(newparent), newname.as_bytes())
+                o.vol.link(src.ino, o.ino, newname.as_bytes())
             );
-            self.entry(reply, &a);
+            self.entry(reply, newparent, newname, &o, &a, &TTL);
         });
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.contain("open", move || {
-            tri!("open", reply, self.store.open_file(ino(i)));
-            let fh = self.handles.insert(Handle::File(ino(i)));
+            let o = tri!("open", reply, self.obj(i, Errno::EISDIR));
+            let writes =
+                flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+            if writes && o.read_only() {
+                reply.error(Errno::EROFS);
+                return;
+            }
+            tri!("open", reply, o.vol.open_file(o.ino));
+            let fh = self.handles.insert(Handle::File(i.0));
             reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         });
     }
@@ -380,7 +543,8 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         self.contain("read", move || {
-            let data = tri!("read", reply, self.store.read(ino(i), offset, size));
+            let o = tri!("read", reply, self.obj(i, Errno::EISDIR));
+            let data = tri!("read", reply, o.vol.read(o.ino, offset, size));
             reply.data(&data);
         });
     }
@@ -398,7 +562,8 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         self.contain("write", move || {
-            let n = tri!("write", reply, self.store.write(ino(i), offset, data));
+            let o = tri!("write", reply, self.writable(i));
+            let n = tri!("write", reply, o.vol.write(o.ino, offset, data));
             reply.written(n);
         });
     }
@@ -428,10 +593,13 @@ impl Filesystem for StrataFs {
     ) {
         self.contain("release", move || {
             let i = match self.handles.remove(fh.0) {
-                Some(Handle::File(h)) => h,
-                _ => ino(i),
+                Some(Handle::File(h)) => INodeNo(h),
+                _ => i,
             };
-            tri!("release", reply, self.store.release_file(i));
+            // A snapshot deleted meanwhile has nothing to release.
+            if let Ok(o) = self.obj(i, Errno::EISDIR) {
+                tri!("release", reply, o.vol.release_file(o.ino));
+            }
             reply.ok();
         });
     }
@@ -445,32 +613,23 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.contain("fsync", move || {
-            tri!("fsync", reply, self.store.fsync(ino(i)));
+            match tri!("fsync", reply, self.node(i)) {
+                Node::Obj(o) if !o.read_only() => tri!("fsync", reply, o.vol.fsync(o.ino)),
+                _ => {} // nothing ever changes there
+            }
             reply.ok();
         });
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.contain("opendir", move || {
-            let entries = tri!("opendir", reply, self.store.readdir(ino(i)));
-            let parent = tri!("opendir", reply, self.store.parent_of(ino(i)));
-            let mut all = Vec::with_capacity(entries.len() + 2);
-            all.push(snap::DirEntry {
-                name: b".".to_vec(),
-                ino: ino(i),
-                kind: FileKind::Dir,
-            });
-            all.push(snap::DirEntry {
-                name: b"..".to_vec(),
-                ino: parent,
-                kind: FileKind::Dir,
-            });
-            all.extend(entries);
+            let (all, cacheable) = tri!("opendir", reply, self.views().listing(i.0));
             let fh = self.handles.insert(Handle::Dir(Arc::new(all)));
-            reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            );
+            let flags = match cacheable {
+                true => FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                false => FopenFlags::empty(),
+            };
+            reply.opened(FileHandle(fh), flags);
         });
     }
 
@@ -504,7 +663,7 @@ impl Filesystem for StrataFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -514,28 +673,27 @@ impl Filesystem for StrataFs {
                 reply.error(Errno::from_i32(libc::EBADF));
                 return;
             };
+            let in_snapdir = matches!(self.node(i), Ok(Node::SnapDir));
             for (n, e) in entries.iter().enumerate().skip(offset as usize) {
-                let a = match self.store.getattr(e.ino) {
-                    Ok(a) => a,
-                    Err(snap::Error::NotFound) => continue, // removed since opendir
+                // The kernel counts a lookup for every entry but `.` and `..`.
+                let counted = n >= 2;
+                let (a, ttl) = match self.stat(e.ino.0) {
+                    Ok(found) => found,
+                    // Removed since opendir.
+                    Err(err) if err == Errno::ENOENT || err == Errno::ESTALE => continue,
                     Err(err) => {
-                        reply.error(fail("readdirplus", &err));
+                        reply.error(err);
                         return;
                     }
                 };
-                if reply.add(
-                    INodeNo(e.ino.0),
-                    n as u64 + 1,
-                    OsStr::from_bytes(&e.name),
-                    &TTL,
-                    &attr(&a),
-                    Generation(0),
-                ) {
+                let ttl = if in_snapdir { &TTL } else { ttl };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(INodeNo(e.ino.0), n as u64 + 1, name, ttl, &a, Generation(0)) {
                     break;
                 }
-                // The kernel counts a lookup for every entry but `.` and `..`.
-                if n >= 2 {
-                    self.store.hold(e.ino, 1);
+                if counted {
+                    self.hold(e.ino.0);
+                    self.shared.kernel.entry(i.0, &e.name, e.ino.0);
                 }
             }
             reply.ok();
@@ -558,21 +716,19 @@ impl Filesystem for StrataFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.contain("fsyncdir", move || {
-            tri!("fsyncdir", reply, self.store.fsync(ino(i)));
-            reply.ok();
-        });
+        self.fsync(req, i, fh, datasync, reply);
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
         self.contain("statfs", move || {
-            let s = tri!("statfs", reply, self.store.statfs());
+            // The same figures everywhere in the mount, snapshots included.
+            let s = tri!("statfs", reply, self.views().root().statfs());
             reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             );
@@ -590,6 +746,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.contain("setxattr", move || {
+            let o = tri!("setxattr", reply, self.writable(i));
             let f = snap::XattrFlags {
                 create: flags & libc::XATTR_CREATE != 0,
                 replace: flags & libc::XATTR_REPLACE != 0,
@@ -597,7 +754,7 @@ impl Filesystem for StrataFs {
             tri!(
                 "setxattr",
                 reply,
-                self.store.setxattr(ino(i), name.as_bytes(), value, f)
+                o.vol.setxattr(o.ino, name.as_bytes(), value, f)
             );
             reply.ok();
         });
@@ -605,18 +762,18 @@ impl Filesystem for StrataFs {
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.contain("getxattr", move || {
-            let v = tri!(
-                "getxattr",
-                reply,
-                self.store.getxattr(ino(i), name.as_bytes())
-            );
+            let o = tri!("getxattr", reply, self.obj(i, Errno::NO_XATTR));
+            let v = tri!("getxattr", reply, o.vol.getxattr(o.ino, name.as_bytes()));
             reply_xattr(reply, size, &v);
         });
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
         self.contain("listxattr", move || {
-            let names = tri!("listxattr", reply, self.store.listxattr(ino(i)));
+            let names = match tri!("listxattr", reply, self.node(i)) {
+                Node::Obj(o) => tri!("listxattr", reply, o.vol.listxattr(o.ino)),
+                Node::SnapDir => Vec::new(),
+            };
             let mut buf = Vec::new();
             for n in names {
                 buf.extend_from_slice(&n);
@@ -628,19 +785,31 @@ impl Filesystem for StrataFs {
 
     fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.contain("removexattr", move || {
+            let o = tri!("removexattr", reply, self.writable(i));
             tri!(
                 "removexattr",
                 reply,
-                self.store.removexattr(ino(i), name.as_bytes())
+                o.vol.removexattr(o.ino, name.as_bytes())
             );
             reply.ok();
         });
     }
 
-    fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, _req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         self.contain("access", move || {
-            // Permissions are checked by the kernel (default_permissions); only existence here.
-            tri!("access", reply, self.store.getattr(ino(i)));
+            // Permissions are checked by the kernel (default_permissions); here only
+            // existence, and that nothing is writable in a snapshot.
+            let read_only = match tri!("access", reply, self.node(i)) {
+                Node::Obj(o) => {
+                    tri!("access", reply, o.vol.getattr(o.ino));
+                    o.read_only()
+                }
+                Node::SnapDir => true,
+            };
+            if read_only && mask.contains(AccessFlags::W_OK) {
+                reply.error(Errno::EROFS);
+                return;
+            }
             reply.ok();
         });
     }
@@ -656,18 +825,26 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         self.contain("create", move || {
+            let o = tri!(
+                "create",
+                reply,
+                self.dir_to_change(parent, name, Errno::EEXIST)
+            );
             let a = tri!(
                 "create",
                 reply,
-                self.store
-                    .mknod(ino(parent), name.as_bytes(), mode, 0, ctx(req))
+                o.vol.mknod(o.ino, name.as_bytes(), mode, 0, ctx(req))
             );
-            tri!("create", reply, self.store.open_file(a.ino));
-            self.store.hold(a.ino, 1);
-            let fh = self.handles.insert(Handle::File(a.ino));
+            tri!("create", reply, o.vol.open_file(a.ino));
+            o.vol.hold(a.ino, 1);
+            let fa = fattr(&o, &a);
+            self.shared
+                .kernel
+                .entry(parent.0, name.as_bytes(), fa.ino.0);
+            let fh = self.handles.insert(Handle::File(fa.ino.0));
             reply.created(
                 &TTL,
-                &attr(&a),
+                &fa,
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
@@ -709,6 +886,7 @@ impl Filesystem for StrataFs {
                 reply.error(Errno::from_i32(libc::EOPNOTSUPP));
                 return;
             }
+            let o = tri!("fallocate", reply, self.writable(i));
             let m = snap::FallocateMode {
                 keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
                 punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
@@ -717,7 +895,7 @@ impl Filesystem for StrataFs {
             tri!(
                 "fallocate",
                 reply,
-                self.store.fallocate(ino(i), offset, length, m)
+                o.vol.fallocate(o.ino, offset, length, m)
             );
             reply.ok();
         });
@@ -745,7 +923,8 @@ impl Filesystem for StrataFs {
                 reply.error(Errno::from_i32(libc::ENXIO));
                 return;
             }
-            let off = tri!("lseek", reply, self.store.lseek(ino(i), offset as u64, w));
+            let o = tri!("lseek", reply, self.obj(i, Errno::EISDIR));
+            let off = tri!("lseek", reply, o.vol.lseek(o.ino, offset as u64, w));
             reply.offset(off as i64);
         });
     }
@@ -764,13 +943,19 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         self.contain("copy_file_range", move || {
+            // Between trees the kernel falls back to copying through the page cache.
+            let (src, dst) = tri!(
+                "copy_file_range",
+                reply,
+                self.views().pair(ino_in.0, ino_out.0)
+            );
             // The reply carries a u32; the kernel loops for the rest.
             let len = len.min(1 << 30);
             let n = tri!(
                 "copy_file_range",
                 reply,
-                self.store
-                    .copy_file_range(ino(ino_in), offset_in, ino(ino_out), offset_out, len)
+                dst.vol
+                    .copy_file_range(src.ino, offset_in, dst.ino, offset_out, len)
             );
             reply.written(n as u32);
         });
@@ -803,7 +988,7 @@ mod tests {
         let store = snap::Store::open(&path).unwrap().main();
         let ctx = Ctx { uid: 0, gid: 0 };
         let f = store
-            .mknod(Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)
+            .mknod(snap::InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)
             .unwrap()
             .ino;
         store.write(f, 0, b"kept").unwrap();

@@ -1,5 +1,6 @@
 //! The one place where snapshot errors become errno values. Every variant is matched
-//! explicitly (no catch-all), so a new error kind must be mapped on purpose.
+//! explicitly (no catch-all), so a new error kind must be mapped on purpose. Refusals
+//! decided by `fs` itself (EROFS and EXDEV around snapshots) are plain `Errno`s.
 
 use fuser::Errno;
 use strata_blockstore as _;
@@ -44,6 +45,34 @@ pub fn errno(e: &Error) -> Errno {
         | Error::Poisoned(_) => libc::EIO,
     };
     Errno::from_i32(code)
+}
+
+/// Logs a failed request once, where it becomes an errno.
+pub(crate) fn fail(op: &str, e: &Error) -> Errno {
+    if is_fault(e) {
+        tracing::error!(op, error = %e, "request failed");
+    } else {
+        tracing::debug!(op, error = %e, "request answered with an error");
+    }
+    errno(e)
+}
+
+/// An error a request handler answers with: a model error (logged and mapped by `fail`)
+/// or an errno decided in `fs` (EROFS, EXDEV, ESTALE, ...).
+pub(crate) trait Failure {
+    fn errno(self, op: &str) -> Errno;
+}
+
+impl Failure for Error {
+    fn errno(self, op: &str) -> Errno {
+        fail(op, &self)
+    }
+}
+
+impl Failure for Errno {
+    fn errno(self, _op: &str) -> Errno {
+        self
+    }
 }
 
 /// Whether an error is a fault of the store (logged at error level) rather than an

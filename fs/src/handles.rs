@@ -1,15 +1,18 @@
 //! Open file and directory handles. A directory handle holds the listing taken at
 //! opendir, so readdir offsets stay stable while the directory changes (entries added
-//! or removed meanwhile may or may not show, as POSIX allows).
+//! or removed meanwhile may or may not show, as POSIX allows). Inode numbers here are
+//! FUSE numbers (see `inodes`), not model numbers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use strata_snapshot::{DirEntry, InodeNo};
+use strata_snapshot::DirEntry;
 
 pub enum Handle {
-    File(InodeNo),
+    /// An open file, by FUSE inode number.
+    File(u64),
+    /// A directory listing, `.` and `..` first; `DirEntry::ino` holds FUSE numbers.
     Dir(Arc<Vec<DirEntry>>),
 }
 

@@ -1,16 +1,31 @@
 //! strata-fs: the FUSE adapter.
 //!
-//! Owns: translation of kernel requests into `strata_snapshot::Store` calls (`adapter`),
-//! the one errno mapping (`errno`), open handles (`handles`), and the mount lifecycle
+//! Owns: translation of kernel requests into `strata_snapshot::Volume` calls (`adapter`),
+//! the one errno mapping (`errno`), open handles (`handles`), FUSE inode numbering
+//! (`inodes`), the volumes a mount serves and its `.snapshots` directory (`snapdir`),
+//! what the kernel cached and its invalidation (`invalidate`), and the mount lifecycle
 //! (this file). Never touches sled or pack files.
 //!
+//! A mount serves one `Volume`:
+//! - a branch (writable): its live tree, plus `MOUNT/.snapshots/NAME/...`, every snapshot
+//!   of the store, read-only (hidden from the root's listing, reachable by name);
+//! - a snapshot: that snapshot's tree, mounted read-only (MS_RDONLY), no `.snapshots`.
+//!
+//! Writes anywhere in a snapshot fail with EROFS.
+//!
 //! Lifecycle: `mount` returns once the kernel has completed FUSE INIT; `Mounted::wait`
-//! returns when the filesystem is unmounted (by anyone), after committing everything
-//! and closing the store.
+//! returns when the filesystem is unmounted (by anyone), after committing everything.
+//! It does not close the store: several mounts may share one `Arc<Store>`, and its owner
+//! calls `Store::close` after the last of them ended. While mounted, `Mounted::invalidator`
+//! lets the owner drop the kernel's caches after changing the store behind the mount's
+//! back (a rollback, a snapshot created, renamed or deleted).
 
 mod adapter;
 mod errno;
 mod handles;
+mod inodes;
+mod invalidate;
+mod snapdir;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,6 +39,7 @@ use strata_snapshot::{Store, Volume};
 
 pub use adapter::StrataFs;
 pub use errno::errno;
+pub use invalidate::Invalidator;
 
 #[derive(Clone, Debug)]
 pub struct MountOptions {
@@ -47,6 +63,7 @@ pub struct Mounted {
     session: BackgroundSession,
     store: Arc<Store>,
     unmounter: Unmounter,
+    invalidator: Invalidator,
 }
 
 /// Clonable handle that unmounts the mount from another thread (e.g. on a signal).
@@ -91,22 +108,25 @@ impl Unmounter {
     }
 }
 
-/// Mounts `store` at `mountpoint` and serves it on background threads; returns once
-/// the kernel has completed FUSE INIT, i.e. the mount is ready for use.
+/// Mounts `volume` at `mountpoint` and serves it on background threads; returns once
+/// the kernel has completed FUSE INIT, i.e. the mount is ready for use. A read-only
+/// volume (a snapshot) is mounted read-only.
 ///
 /// As root, strata calls mount(2) itself, with file-system type `fuse.strata` and the
 /// store path as the source (so `df -T` and /proc/mounts name it, and no character of
 /// the path can break an option string). Otherwise fuser mounts through fusermount3.
 pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<Mounted> {
     let store = volume.store().clone();
+    let read_only = volume.is_read_only();
     let mut config = Config::default();
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     store.start_background();
     let fs = StrataFs::new(volume);
+    let shared = fs.shared().clone();
     let session = if unsafe { libc::geteuid() } == 0 {
-        let fd = kernel_mount(mountpoint, &opts.fsname)?;
+        let fd = kernel_mount(mountpoint, &opts.fsname, read_only)?;
         match Session::from_fd(fs, fd, SessionACL::All, config) {
             Ok(s) => s,
             Err(e) => {
@@ -122,23 +142,36 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
             MountOption::FSName(opts.fsname.clone()),
             MountOption::Subtype("strata".into()),
             MountOption::DefaultPermissions,
-            MountOption::RW,
+            if read_only {
+                MountOption::RO
+            } else {
+                MountOption::RW
+            },
         ];
         Session::new(fs, mountpoint, &config)?
     };
+    let _ = shared.notifier.set(session.notifier());
+    let invalidator = Invalidator::new(&shared);
+    drop(shared); // the session owns the adapter; the invalidator only refers to it
     let session = session.spawn()?;
-    tracing::info!(mountpoint = %mountpoint.display(), store = %store.path().display(), "mounted");
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        store = %store.path().display(),
+        read_only,
+        "mounted"
+    );
     Ok(Mounted {
         session,
         store,
         unmounter: Unmounter {
             mountpoint: mountpoint.to_path_buf(),
         },
+        invalidator,
     })
 }
 
 /// Opens /dev/fuse and mounts it at `mountpoint` as `fuse.strata` (root only).
-fn kernel_mount(mountpoint: &Path, source: &str) -> std::io::Result<OwnedFd> {
+fn kernel_mount(mountpoint: &Path, source: &str, read_only: bool) -> std::io::Result<OwnedFd> {
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -161,7 +194,7 @@ fn kernel_mount(mountpoint: &Path, source: &str) -> std::io::Result<OwnedFd> {
             src.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            0,
+            if read_only { libc::MS_RDONLY } else { 0 },
             data.as_ptr().cast(),
         )
     };
@@ -180,8 +213,13 @@ impl Mounted {
         self.unmounter.clone()
     }
 
-    /// Blocks until the filesystem is unmounted, then commits everything and closes the
-    /// store.
+    /// A handle that drops the kernel's caches of this mount (see `Invalidator`).
+    pub fn invalidator(&self) -> Invalidator {
+        self.invalidator.clone()
+    }
+
+    /// Blocks until the filesystem is unmounted, then commits everything. The store stays
+    /// open: its owner closes it after its last mount ended.
     pub fn wait(self) -> std::io::Result<()> {
         let Mounted { session, store, .. } = self;
         let served = session.join();
@@ -189,9 +227,9 @@ impl Mounted {
             tracing::warn!(error = %e, "FUSE session ended with an error");
         }
         store
-            .close()
+            .sync()
             .map_err(|e| std::io::Error::other(format!("final commit failed: {e}")))?;
-        tracing::info!("unmounted; store committed and closed");
+        tracing::info!("unmounted; store committed");
         Ok(())
     }
 }
