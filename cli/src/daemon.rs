@@ -1,26 +1,32 @@
 //! The mount daemon: how `strata mount` starts it, how it says the mount is ready, and how
-//! it ends.
+//! it ends. One daemon owns a store and serves all its mounts (`mounts`); commands reach
+//! it through the control socket (`crate::control`).
 //!
 //! Protocol between `strata mount` (the parent) and the daemon it starts:
 //! 1. The parent checks the store and the mount point itself, so that those errors print
-//!    directly, then creates a pipe and re-executes its own binary as
-//!    `strata [-v...] mount --foreground --threads N STORE MOUNTPOINT` in a new session
-//!    (`setsid`), with cwd `/`, stdin `/dev/null` and stdout/stderr appended to
-//!    `STORE/daemon.log`. The pipe's write end is inherited under the number given in the
-//!    environment variable `STRATA_READY_FD`.
-//! 2. The daemon takes that descriptor (and marks it close-on-exec), opens the store and
-//!    calls `strata_fs::mount`. When that returns it writes `ok\n`; on failure it writes
-//!    the one-line error message and exits non-zero. Either way it closes the pipe.
+//!    directly. If a daemon already answers on `STORE/control.sock`, the parent asks it to
+//!    add the mount (op `mount`) and is done. Otherwise it creates a pipe and re-executes
+//!    its own binary as `strata [-v...] mount --foreground --threads N [--branch B |
+//!    --snapshot S] STORE MOUNTPOINT` in a new session (`setsid`), with cwd `/`, stdin
+//!    `/dev/null` and stdout/stderr appended to `STORE/daemon.log`. The pipe's write end
+//!    is inherited under the number given in the environment variable `STRATA_READY_FD`.
+//! 2. The daemon takes that descriptor (and marks it close-on-exec), opens the store,
+//!    creates the control socket and mounts. When the mount is ready it writes `ok\n`; on
+//!    failure it writes the one-line error message and exits non-zero. Either way it
+//!    closes the pipe.
 //! 3. The parent reads one line: `ok` → exit 0; a message → print it as the error and exit
 //!    1; end of file with nothing → the daemon died (its exit status is reported) and the
 //!    user is pointed at `STORE/daemon.log`.
 //!
 //! In the daemon, SIGINT, SIGTERM and SIGHUP are blocked in every thread (the mask is set
-//! before any thread starts) and taken by one thread with `sigwait`: the first one calls
-//! `Unmounter::unmount`, a second one detaches the mount lazily if the first could not
-//! unmount a busy mount. `Mounted::wait` returns when the mount is gone, whoever removed
-//! it (`strata umount`, `umount`, a signal), after the filesystem has committed; the
-//! daemon then drops its last reference to the store (releasing `STORE/lock`) and exits 0.
+//! before any thread starts) and taken by one thread with `sigwait`: the first one
+//! unmounts every mount, a second one detaches them lazily if some were busy. Each mount's
+//! `Mounted::wait` returns when that mount is gone, whoever removed it (`strata umount`,
+//! `umount`, a signal), after the filesystem has committed. Once the last mount is gone
+//! and no control request is running, the daemon removes the control socket, closes the
+//! store (releasing `STORE/lock` as it exits) and exits 0.
+
+pub mod mounts;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -32,14 +38,14 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
-use strata_fs::{MountOptions, Mounted, Unmounter};
-use strata_snapshot::Store;
+use anyhow::{anyhow, bail, Context, Result};
 use tracing::{error, info, warn};
 
-use crate::commands::{mount, umount};
+use crate::commands::mount;
+use crate::control::server::Server;
 use crate::error::one_line;
 use crate::store;
+use mounts::{Daemon, MountTarget};
 
 /// Environment variable that carries the readiness pipe's descriptor number.
 pub const READY_FD_ENV: &str = "STRATA_READY_FD";
@@ -48,9 +54,15 @@ pub const LOG_FILE: &str = "daemon.log";
 /// What the daemon writes when the mount is ready.
 const READY: &str = "ok";
 
-/// Starts the daemon for `store` at `mount_point` (both canonical, already checked) and
-/// returns once the mount is ready, or with the daemon's error.
-pub fn spawn(store: &Path, mount_point: &Path, verbose: u8, threads: usize) -> Result<()> {
+/// Starts the daemon for `store` at `mount_point` (both canonical, already checked),
+/// mounting `target`, and returns once the mount is ready, or with the daemon's error.
+pub fn spawn(
+    store: &Path,
+    mount_point: &Path,
+    verbose: u8,
+    threads: usize,
+    target: &MountTarget,
+) -> Result<()> {
     let log_path = store.join(LOG_FILE);
     let log = OpenOptions::new()
         .create(true)
@@ -66,8 +78,15 @@ pub fn spawn(store: &Path, mount_point: &Path, verbose: u8, threads: usize) -> R
     for _ in 0..verbose {
         command.arg("-v");
     }
+    command.args(["mount", "--foreground", "--threads", &threads.to_string()]);
+    if let Some(branch) = &target.branch {
+        command.arg(format!("--branch={branch}"));
+    }
+    if let Some(snapshot) = &target.snapshot {
+        command.arg(format!("--snapshot={snapshot}"));
+    }
     command
-        .args(["mount", "--foreground", "--threads", &threads.to_string()])
+        .arg("--")
         .arg(store)
         .arg(mount_point)
         .env(READY_FD_ENV, write_fd.to_string())
@@ -245,17 +264,21 @@ impl Readiness {
     }
 }
 
-/// Runs the mount in this process until it is unmounted (`--foreground`, and the daemon).
+/// Runs the daemon in this process (`--foreground`, and the detached daemon): opens the
+/// store, starts the control socket, mounts `target` at the mount point, and serves until
+/// the last mount of the store has ended; then removes the socket, commits and closes
+/// the store.
 pub fn run_foreground(
     store_arg: Option<&Path>,
     mount_point_arg: &Path,
     threads: usize,
+    target: &MountTarget,
 ) -> Result<ExitCode> {
     let mut readiness = Readiness::from_env();
     let started = block_termination_signals()
         .context("cannot block termination signals")
-        .and_then(|signals| Ok((signals, start(store_arg, mount_point_arg, threads)?)));
-    let (signals, (store_path, mount_point, store, mounted)) = match started {
+        .and_then(|signals| Ok((signals, start(store_arg, mount_point_arg, threads, target)?)));
+    let (signals, (daemon, server, mount_point)) = match started {
         Ok(started) => started,
         Err(err) => {
             // `main` prints the error on stderr, which is the daemon log when detached.
@@ -264,33 +287,41 @@ pub fn run_foreground(
         }
     };
     info!(
-        "mounted {} at {} (pid {})",
-        store_path.display(),
+        "serving {} ({}) at {} (pid {})",
+        daemon.store_path.display(),
+        target.describe(),
         mount_point.display(),
         std::process::id()
     );
-    spawn_signal_thread(signals, mounted.unmounter(), mount_point.clone());
+    spawn_signal_thread(signals, Arc::clone(&daemon));
     readiness.ready();
 
-    // `wait` returns once the mount is gone and the filesystem has committed everything.
-    let waited = mounted.wait();
-    drop(store); // the last reference: releases the store and its lock
-    waited
-        .with_context(|| format!("the mount at {} ended with an error", mount_point.display()))?;
+    // Every mount's `wait` has returned (so each has committed) and nothing is running.
+    let errors = daemon.wait_idle();
+    server.remove();
+    let store_path = daemon.store_path.clone();
+    let closed = daemon.store.close();
+    drop(daemon); // the store's lock goes with the process
+    closed
+        .map_err(|err| anyhow!(err))
+        .with_context(|| format!("cannot close the store {}", store_path.display()))?;
+    if let Some(first) = errors.first() {
+        bail!("{first}");
+    }
     info!(
-        "{} unmounted; store {} committed and released",
-        mount_point.display(),
+        "last mount ended; store {} committed and released",
         store_path.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks, opens the store and mounts it; returns the canonical paths, the store and the mount.
+/// Checks, opens the store, starts the control socket and mounts the first target.
 fn start(
     store_arg: Option<&Path>,
     mount_point_arg: &Path,
     threads: usize,
-) -> Result<(PathBuf, PathBuf, Arc<Store>, Mounted)> {
+    target: &MountTarget,
+) -> Result<(Arc<Daemon>, Server, PathBuf)> {
     let (store_path, mount_point) = mount::prepare(store_arg, mount_point_arg)?;
     info!(
         "starting: store {}, mount point {}, {threads} threads, pid {}",
@@ -299,18 +330,14 @@ fn start(
         std::process::id()
     );
     let (_, store) = store::open(&store_path)?;
-    let options = MountOptions {
-        threads,
-        fsname: store_path.display().to_string(),
-    };
-    let mounted = strata_fs::mount(store.main(), &mount_point, &options).with_context(|| {
-        format!(
-            "cannot mount {} at {}",
-            store_path.display(),
-            mount_point.display()
-        )
-    })?;
-    Ok((store_path, mount_point, store, mounted))
+    let daemon = Daemon::new(store, store_path, threads);
+    let server = Server::start(&daemon)?;
+    if let Err(err) = daemon.mount(&mount_point, target, None) {
+        server.remove();
+        let _ = daemon.store.close();
+        return Err(err);
+    }
+    Ok((daemon, server, mount_point))
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread, and so in every thread it starts.
@@ -339,8 +366,9 @@ fn signal_name(signal: libc::c_int) -> String {
     }
 }
 
-/// Waits for the blocked signals in a thread of its own and unmounts on the first one.
-fn spawn_signal_thread(signals: libc::sigset_t, unmounter: Unmounter, mount_point: PathBuf) {
+/// Waits for the blocked signals in a thread of its own: the first one unmounts every
+/// mount of the daemon, a second one detaches them lazily.
+fn spawn_signal_thread(signals: libc::sigset_t, daemon: Arc<Daemon>) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -356,21 +384,11 @@ fn spawn_signal_thread(signals: libc::sigset_t, unmounter: Unmounter, mount_poin
                 let name = signal_name(signal);
                 if !unmount_requested {
                     unmount_requested = true;
-                    info!("received {name}: unmounting {}", mount_point.display());
-                    if let Err(err) = unmounter.unmount() {
-                        warn!(
-                            "cannot unmount {}: {err}; send {name} again to detach it lazily",
-                            mount_point.display()
-                        );
-                    }
+                    info!("received {name}: unmounting every mount");
+                    daemon.unmount_all(false);
                 } else {
-                    warn!(
-                        "received {name} again: detaching {} lazily",
-                        mount_point.display()
-                    );
-                    if let Err(err) = umount::detach(&mount_point, true) {
-                        error!("cannot detach {}: {err}", mount_point.display());
-                    }
+                    warn!("received {name} again: detaching every mount lazily");
+                    daemon.unmount_all(true);
                 }
             }
         });

@@ -5,12 +5,16 @@
 //! or 2 for invalid values on the command line (see `error::UsageError`).
 
 mod commands;
+mod control;
 mod daemon;
 mod error;
 mod lock;
 mod logging;
 mod mountinfo;
+mod ops;
+mod output;
 mod paths;
+mod session;
 mod size;
 mod store;
 
@@ -34,14 +38,26 @@ struct Cli {
 enum Command {
     /// Create a new store in an empty or new directory.
     Init(commands::init::Args),
-    /// Mount a store; returns once the mount is ready (the daemon keeps running).
+    /// Mount a store, a branch or a snapshot; returns once the mount is ready.
     Mount(commands::mount::Args),
-    /// Unmount a strata mount and wait until its daemon has flushed and released the store.
+    /// Unmount a strata mount and wait until it is committed (the store released, if last).
     Umount(commands::umount::Args),
     /// Check every block and inode of an unmounted store.
     Verify(commands::verify::Args),
     /// Show space use: logical and stored bytes, dedup and compression ratios.
     Stats(commands::stats::Args),
+    /// Create, list, delete and rename snapshots (read-only generations).
+    Snapshot(commands::snapshot::Args),
+    /// Make a branch's live tree the content of a snapshot (the state before is kept).
+    Rollback(commands::rollback::Args),
+    /// Start a writable branch from a snapshot.
+    Clone(commands::clone::Args),
+    /// List and delete branches.
+    Branch(commands::branch::Args),
+    /// What changed between two snapshots, or from a snapshot to the live tree.
+    Diff(commands::diff::Args),
+    /// Every generation in which a path inside a mount changed.
+    History(commands::history::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +74,12 @@ fn main() -> ExitCode {
         Command::Umount(args) => commands::umount::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
+        Command::Snapshot(args) => commands::snapshot::run(&args),
+        Command::Rollback(args) => commands::rollback::run(&args),
+        Command::Clone(args) => commands::clone::run(&args),
+        Command::Branch(args) => commands::branch::run(&args),
+        Command::Diff(args) => commands::diff::run(&args),
+        Command::History(args) => commands::history::run(&args),
     };
     match result {
         Ok(code) => code,
@@ -92,5 +114,41 @@ mod tests {
         assert!(args.foreground);
         assert!(Cli::try_parse_from(["strata", "mount"]).is_err());
         assert!(Cli::try_parse_from(["strata", "mount", "a", "b", "c"]).is_err());
+        let cli = Cli::try_parse_from(["strata", "mount", "--branch", "b", "/s", "/m"]).unwrap();
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(args.branch.as_deref(), Some("b"));
+        assert!(Cli::try_parse_from([
+            "strata",
+            "mount",
+            "--branch",
+            "b",
+            "--snapshot",
+            "s",
+            "/s",
+            "/m"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn snapshot_commands_parse() {
+        let cli =
+            Cli::try_parse_from(["strata", "snapshot", "delete", "/s", "x", "--dry-run"]).unwrap();
+        let Command::Snapshot(args) = cli.command else {
+            panic!("not snapshot")
+        };
+        let commands::snapshot::Command::Delete(delete) = args.command else {
+            panic!("not delete")
+        };
+        assert!(delete.dry_run);
+        assert!(Cli::try_parse_from(["strata", "diff", "/s", "a"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "diff", "/s", "a", "b", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "diff", "/s"]).is_err());
+        assert!(Cli::try_parse_from(["strata", "rollback", "/s", "a", "--force"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "clone", "/s", "a", "b"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "branch", "list", "/s", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "history", "/m/f", "--bytes"]).is_ok());
     }
 }

@@ -1,7 +1,20 @@
 //! One module per subcommand: its clap `Args` and its `run`.
 
+pub mod branch;
+pub mod clone;
+pub mod diff;
+pub mod history;
 pub mod init;
 pub mod mount;
+pub mod rollback;
+pub mod snapshot;
 pub mod stats;
 pub mod umount;
 pub mod verify;
+
+use crate::error::UsageError;
+
+/// Checks the name of a snapshot or branch about to be made; a bad one is a usage error.
+pub fn check_new_name(what: &str, name: &str) -> anyhow::Result<()> {
+    strata_snapshot::check_name(what, name).map_err(|err| UsageError(err.to_string()).into())
+}

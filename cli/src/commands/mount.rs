@@ -1,13 +1,18 @@
-//! `strata mount [STORE] MOUNTPOINT [--foreground]`: check the store and the mount point
-//! here, where errors print straight to the user, then hand over to `daemon`: either start
-//! a detached daemon and wait for its word that the mount is ready, or be the daemon.
+//! `strata mount [--branch B | --snapshot NAME] [STORE] MOUNTPOINT [--foreground]`: check
+//! the store and the mount point here, where errors print straight to the user; then, if
+//! a daemon already serves the store, ask it to add this mount (one daemon serves every
+//! mount of a store); else hand over to `daemon`: start a detached daemon and wait for
+//! its word that the mount is ready, or be the daemon.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use crate::control::proto::{MountInfo, Request};
+use crate::daemon::mounts::MountTarget;
 use crate::error::UsageError;
+use crate::session::{self, Route};
 use crate::{daemon, mountinfo, paths, store};
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +30,14 @@ pub struct Args {
     /// FUSE worker threads [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Mount this branch (read-write) instead of main; made by `strata clone`.
+    #[arg(long, value_name = "BRANCH", conflicts_with = "snapshot")]
+    pub branch: Option<String>,
+
+    /// Mount this snapshot, read-only.
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
 }
 
 impl Args {
@@ -53,12 +66,36 @@ pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {
         Some(n) => n,
         None => default_threads(),
     };
+    for (what, name) in [("branch", &args.branch), ("snapshot", &args.snapshot)] {
+        if let Some(name) = name {
+            strata_snapshot::check_name(what, name).map_err(|e| UsageError(e.to_string()))?;
+        }
+    }
+    let target = MountTarget {
+        branch: args.branch.clone(),
+        snapshot: args.snapshot.clone(),
+    };
     let (store_arg, mount_point_arg) = args.store_and_mount_point();
     if args.foreground {
-        return daemon::run_foreground(store_arg, mount_point_arg, threads);
+        return daemon::run_foreground(store_arg, mount_point_arg, threads, &target);
     }
     let (store, mount_point) = prepare(store_arg, mount_point_arg)?;
-    daemon::spawn(&store, &mount_point, verbose, threads)?;
+    let request = Request::Mount {
+        mount_point: mount_point
+            .to_str()
+            .context("the mount point is not valid UTF-8")?
+            .to_string(),
+        branch: target.branch.clone(),
+        snapshot: target.snapshot.clone(),
+        threads: args.threads,
+    };
+    match session::route(&store, &request)? {
+        Route::Daemon(response) => {
+            let _: MountInfo = serde_json::from_value(session::into_result(response)?)
+                .context("unexpected reply from the strata daemon")?;
+        }
+        Route::Free => daemon::spawn(&store, &mount_point, verbose, threads, &target)?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,17 +1,20 @@
 //! `strata umount MOUNTPOINT [--lazy] [--timeout SECS]`: unmount a strata mount (live or
-//! stale), then wait until its daemon has flushed and released the store, so that the
-//! store can be opened again as soon as this returns.
+//! stale), then wait until it is committed: if it was its daemon's last mount, until the
+//! daemon has flushed and released the store, so that the store can be opened again as
+//! soon as this returns; else until the daemon reports the mount gone (its `wait` has
+//! returned, after committing).
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::{lock, mountinfo, paths};
+use crate::control::proto::Status;
+use crate::{lock, mountinfo, paths, session};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,8 +48,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let store = PathBuf::from(&entry.source);
     let pid = lock::recorded_pid(&store);
+    // Does the daemon serve other mounts too? Then it stays, holding the store.
+    let shown_mp = mount_point.display().to_string();
+    let others = session::daemon_status(&store)
+        .ok()
+        .flatten()
+        .is_some_and(|status| has_other_mounts(&status, &shown_mp));
     detach(&mount_point, args.lazy)
         .map_err(|err| describe_failure(err, &args.mount_point, args.lazy))?;
+    let timeout = Duration::from_secs(args.timeout);
+    if others {
+        return wait_mount_gone(&store, &shown_mp, pid, timeout, args.lazy);
+    }
     if args.lazy && lock::is_held(&store).unwrap_or(false) {
         // The daemon exits when the last open file is closed; do not wait for that.
         eprintln!(
@@ -56,8 +69,54 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    lock::wait_released(&store, pid, Duration::from_secs(args.timeout))?;
+    lock::wait_released(&store, pid, timeout)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn has_other_mounts(status: &Status, mount_point: &str) -> bool {
+    status.mounts.iter().any(|m| m.mount_point != mount_point)
+}
+
+/// After unmounting one of several mounts of a daemon: waits until the daemon no longer
+/// lists it (it has committed); if it was the last after all (the others ended
+/// meanwhile), until the store is released.
+fn wait_mount_gone(
+    store: &Path,
+    mount_point: &str,
+    pid: Option<u32>,
+    timeout: Duration,
+    lazy: bool,
+) -> Result<ExitCode> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match session::daemon_status(store).ok().flatten() {
+            Some(status) if status.mounts.iter().any(|m| m.mount_point == mount_point) => {
+                if lazy {
+                    eprintln!(
+                        "strata: {mount_point} detached; {} finishes it once its open files \
+                         are closed",
+                        lock::holder(pid)
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Some(status) if !status.mounts.is_empty() => return Ok(ExitCode::SUCCESS),
+            _ => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                lock::wait_released(store, pid, left.max(Duration::from_secs(1)))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} still serves {mount_point} after {} s; it may still be flushing (see {}/daemon.log)",
+                lock::holder(pid),
+                timeout.as_secs(),
+                store.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Why an unmount failed, for `describe_failure`.

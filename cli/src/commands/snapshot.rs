@@ -1,0 +1,134 @@
+//! `strata snapshot create|list|delete|rename`: named, read-only generations of a branch.
+//! Each runs through the store's daemon when it is mounted, or opens the store itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::control::proto::{Deleted, Renamed, Request, Snapshot};
+use crate::{output, session};
+
+use super::check_new_name;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Freeze the live tree of a branch as a named, read-only snapshot.
+    Create(CreateArgs),
+    /// List snapshots with their space use.
+    List(ListArgs),
+    /// Delete a snapshot (its space is reclaimed once nothing else references it).
+    Delete(DeleteArgs),
+    /// Rename a snapshot.
+    Rename(RenameArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The store directory, or a mount point of it (whose branch is the default).
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// Name of the new snapshot.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The branch to snapshot [default: the branch mounted at STORE, else main].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// Print a JSON array (sizes in bytes).
+    #[arg(long)]
+    pub json: bool,
+    /// Exact byte counts instead of human-readable sizes.
+    #[arg(long)]
+    pub bytes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// The snapshot to delete.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Only print how much space deleting it would free.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenameArgs {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// The snapshot's current name.
+    #[arg(value_name = "OLD")]
+    pub old: String,
+    /// Its new name.
+    #[arg(value_name = "NEW")]
+    pub new: String,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    match &args.command {
+        Command::Create(a) => {
+            check_new_name("snapshot", &a.name)?;
+            let target = session::resolve_store(&a.store)?;
+            let created: Snapshot = session::run(
+                &target.store,
+                &Request::SnapshotCreate {
+                    name: a.name.clone(),
+                    branch: a.branch.clone(),
+                    via: target.via_string(),
+                },
+            )?;
+            print!("{}", output::snapshot_created(&created));
+        }
+        Command::List(a) => {
+            let target = session::resolve_store(&a.store)?;
+            let rows: Vec<Snapshot> = session::run(&target.store, &Request::SnapshotList)?;
+            if a.json {
+                print!("{}", output::snapshot_json(&rows));
+            } else {
+                print!("{}", output::snapshot_table(&rows, a.bytes));
+            }
+        }
+        Command::Delete(a) => {
+            let target = session::resolve_store(&a.store)?;
+            let deleted: Deleted = session::run(
+                &target.store,
+                &Request::SnapshotDelete {
+                    name: a.name.clone(),
+                    dry_run: a.dry_run,
+                },
+            )?;
+            print!("{}", output::snapshot_deleted(&deleted));
+        }
+        Command::Rename(a) => {
+            check_new_name("snapshot", &a.new)?;
+            let target = session::resolve_store(&a.store)?;
+            let renamed: Renamed = session::run(
+                &target.store,
+                &Request::SnapshotRename {
+                    old: a.old.clone(),
+                    new: a.new.clone(),
+                },
+            )?;
+            print!("{}", output::snapshot_renamed(&renamed));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,173 @@
+//! The client side of the control socket: one request, one reply, per connection.
+//!
+//! `send` tells three outcomes apart: a reply (the daemon answered, possibly with an
+//! error), no daemon (no socket file, or nobody listening on it: the caller may open the
+//! store itself), and a broken daemon (it accepted but did not answer in time, or hung up
+//! without a reply), which is an error naming the socket.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+
+use super::proto::{Request, Response};
+use super::{socket_path, SOCKET_NAME};
+
+/// How long a command waits for the daemon's reply (a `snapshot list` walks every record
+/// of the store, so this is generous); `STRATA_CONTROL_TIMEOUT` (seconds) overrides it.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Environment variable overriding `REPLY_TIMEOUT`, in seconds.
+pub const TIMEOUT_ENV: &str = "STRATA_CONTROL_TIMEOUT";
+
+/// The reply timeout: `STRATA_CONTROL_TIMEOUT` seconds if set, else `default`.
+pub fn reply_timeout(default: Duration) -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|secs| *secs > 0)
+        .map_or(default, Duration::from_secs)
+}
+
+/// Longest socket path used as is; longer ones are reached through /proc/self/fd (a
+/// `sockaddr_un` holds at most 107 bytes).
+const MAX_DIRECT_PATH: usize = 100;
+
+/// Runs `f` with a path to the store's control socket short enough for `sockaddr_un`:
+/// the real path, or `/proc/self/fd/N/control.sock` through an open descriptor of the
+/// store directory.
+pub fn with_socket_path<T>(store: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    let full = socket_path(store);
+    if full.as_os_str().len() <= MAX_DIRECT_PATH {
+        return f(&full);
+    }
+    let dir = File::open(store)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET_NAME}", dir.as_raw_fd()));
+    let result = f(&short);
+    drop(dir);
+    result
+}
+
+/// True for a connect error that means "no daemon listens here".
+pub fn is_absent(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTSOCK)
+    )
+}
+
+/// Connects to the daemon of `store`: `Ok(None)` if none listens there.
+pub fn connect(store: &Path) -> Result<Option<UnixStream>> {
+    match with_socket_path(store, |path| UnixStream::connect(path)) {
+        Ok(stream) => Ok(Some(stream)),
+        Err(err) if is_absent(&err) => Ok(None),
+        Err(err) => Err(anyhow!(
+            "cannot connect to the strata daemon on {}: {err}",
+            socket_path(store).display()
+        )),
+    }
+}
+
+/// Sends `request` to the daemon of `store` and returns its reply; `Ok(None)` if no
+/// daemon listens there.
+pub fn send(store: &Path, request: &Request, timeout: Duration) -> Result<Option<Response>> {
+    let Some(stream) = connect(store)? else {
+        return Ok(None);
+    };
+    let socket = socket_path(store);
+    let broken = |what: String| {
+        anyhow!(
+            "the strata daemon of {} is not answering on {}: {what}",
+            store.display(),
+            socket.display()
+        )
+    };
+    exchange(stream, request, reply_timeout(timeout))
+        .map(Some)
+        .map_err(|err| broken(err.to_string()))
+}
+
+/// One exchange on a connected stream.
+fn exchange(mut stream: UnixStream, request: &Request, timeout: Duration) -> io::Result<Response> {
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    stream.flush()?;
+    let mut reader = BufReader::new(stream);
+    let mut reply = String::new();
+    match reader.read_line(&mut reply) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "it closed the connection without a reply",
+        )),
+        Ok(_) => serde_json::from_str(reply.trim_end())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {err}"))),
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within {} s", timeout.as_secs()),
+            ))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_socket_means_no_daemon() {
+        let dir = std::env::temp_dir().join(format!("strata-cli-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(send(&dir, &Request::Ping, Duration::from_secs(1))
+            .unwrap()
+            .is_none());
+        // A socket file nobody listens on (a daemon that died) is no daemon either.
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(&dir)).unwrap();
+        drop(listener);
+        assert!(send(&dir, &Request::Ping, Duration::from_secs(1))
+            .unwrap()
+            .is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn long_store_paths_are_reached_through_proc() {
+        let base = std::env::temp_dir().join(format!("strata-cli-long-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("x".repeat(60)).join("y".repeat(60));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener =
+            with_socket_path(&dir, |path| std::os::unix::net::UnixListener::bind(path)).unwrap();
+        assert!(socket_path(&dir).exists());
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let request: Request = serde_json::from_str(line.trim()).unwrap();
+            assert_eq!(request, Request::Ping);
+            let mut stream = stream;
+            writeln!(stream, r#"{{"ok":true,"result":1}}"#).unwrap();
+        });
+        let reply = send(&dir, &Request::Ping, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert!(reply.ok);
+        server.join().unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,374 @@
+//! Wire types of the control socket. A request is one JSON object on one line, tagged by
+//! `op`; the reply is one JSON object on one line:
+//!
+//! ```text
+//! {"op":"snapshot_create","branch":"main","name":"x"}
+//! {"ok":true,"result":{"name":"x","generation":4,...}}
+//! {"ok":false,"error":"no snapshot named \"x\""}
+//! {"ok":false,"error":"the daemon is shutting down","closing":true}
+//! ```
+//!
+//! `closing` tells the client that the daemon is releasing the store (its last mount
+//! ended): the client waits for the store's lock and carries the request out itself.
+//!
+//! The result types below are what both ways of running a command produce (through the
+//! daemon, or with the store opened by the command itself), so the output is formatted
+//! from the same values either way.
+
+use serde::{Deserialize, Serialize};
+use strata_snapshot::{BranchInfo, DiffEntry, HistoryEntry, SnapshotInfo, SnapshotUsage};
+
+/// Longest request line the daemon reads.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// One request. `branch`: the branch to act on, if the user named one; `via`: the mount
+/// point the user named the store by, whose branch is the default (else `main`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Is a daemon there? Answers the daemon's status.
+    Ping,
+    /// Mount a branch (default `main`) or a snapshot (read-only) at `mount_point`.
+    Mount {
+        mount_point: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        threads: Option<usize>,
+    },
+    SnapshotCreate {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+    },
+    SnapshotList,
+    SnapshotDelete {
+        name: String,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    SnapshotRename {
+        old: String,
+        new: String,
+    },
+    Rollback {
+        name: String,
+        #[serde(default)]
+        force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+    },
+    Clone {
+        snapshot: String,
+        branch: String,
+    },
+    BranchList,
+    BranchDelete {
+        branch: String,
+    },
+    /// What changed from snapshot `a` to snapshot `b`, or to the branch's live tree.
+    Diff {
+        a: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        b: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+    },
+    /// History of `path` (from the root of the tree mounted at `mount_point`).
+    History {
+        mount_point: String,
+        path: String,
+    },
+}
+
+impl Request {
+    /// The op name as it appears on the wire, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Mount { .. } => "mount",
+            Request::SnapshotCreate { .. } => "snapshot_create",
+            Request::SnapshotList => "snapshot_list",
+            Request::SnapshotDelete { .. } => "snapshot_delete",
+            Request::SnapshotRename { .. } => "snapshot_rename",
+            Request::Rollback { .. } => "rollback",
+            Request::Clone { .. } => "clone",
+            Request::BranchList => "branch_list",
+            Request::BranchDelete { .. } => "branch_delete",
+            Request::Diff { .. } => "diff",
+            Request::History { .. } => "history",
+        }
+    }
+}
+
+/// The reply line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closing: bool,
+}
+
+impl Response {
+    pub fn success(result: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            result: Some(result),
+            error: None,
+            closing: false,
+        }
+    }
+
+    pub fn failure(error: String) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error),
+            closing: false,
+        }
+    }
+
+    pub fn closing() -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some("the strata daemon is releasing the store (its last mount ended)".into()),
+            closing: true,
+        }
+    }
+}
+
+/// A snapshot (result of `snapshot_create`, and a row of `snapshot_list` with usage).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub generation: u64,
+    pub parent: Option<u64>,
+    pub parent_name: Option<String>,
+    pub branch: String,
+    /// Seconds since the epoch.
+    pub created: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referenced_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+}
+
+impl Snapshot {
+    pub fn from_info(info: SnapshotInfo, usage: Option<SnapshotUsage>) -> Self {
+        Snapshot {
+            name: info.name,
+            generation: info.generation,
+            parent: info.parent,
+            parent_name: info.parent_name,
+            branch: info.branch,
+            created: info.created,
+            referenced_bytes: usage.as_ref().map(|u| u.referenced_bytes),
+            exclusive_bytes: usage.as_ref().map(|u| u.exclusive_bytes),
+            files: usage.as_ref().map(|u| u.files),
+        }
+    }
+}
+
+/// Result of `snapshot_delete`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub name: String,
+    pub dry_run: bool,
+    /// Stored bytes no other snapshot or branch references.
+    pub bytes: u64,
+}
+
+/// Result of `snapshot_rename`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renamed {
+    pub old: String,
+    pub new: String,
+}
+
+/// Result of `rollback`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub branch: String,
+    pub snapshot: String,
+    pub saved_as: String,
+    /// Files that were open and stayed open (with `force`).
+    pub open_files: Vec<String>,
+    /// Mount points whose kernel caches were invalidated.
+    pub invalidated: Vec<String>,
+}
+
+/// A branch (result of `clone`, and a row of `branch_list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    pub name: String,
+    pub generation: u64,
+    pub origin: Option<String>,
+    pub created: i64,
+}
+
+impl From<BranchInfo> for Branch {
+    fn from(b: BranchInfo) -> Self {
+        Branch {
+            name: b.name,
+            generation: b.generation,
+            origin: b.origin,
+            created: b.created,
+        }
+    }
+}
+
+/// Result of `branch_delete`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchDeleted {
+    pub branch: String,
+}
+
+/// One line of a diff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `+`, `-`, `M` or `R`.
+    pub change: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_path: Option<String>,
+    pub kind: String,
+}
+
+impl From<DiffEntry> for Change {
+    fn from(d: DiffEntry) -> Self {
+        Change {
+            change: d.change.to_string(),
+            path: d.path,
+            new_path: d.new_path,
+            kind: d.kind.to_string(),
+        }
+    }
+}
+
+/// Result of `diff`: what was compared, and the changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diff {
+    pub from: String,
+    /// A snapshot name, or `branch:NAME (live)`.
+    pub to: String,
+    pub changes: Vec<Change>,
+}
+
+/// One generation in which a path changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub generation: u64,
+    /// The snapshot name; `None` for the live tree.
+    pub snapshot: Option<String>,
+    pub time: i64,
+    pub change: String,
+    pub size: Option<u64>,
+    pub mtime: Option<i64>,
+}
+
+impl From<HistoryEntry> for Version {
+    fn from(h: HistoryEntry) -> Self {
+        Version {
+            generation: h.generation,
+            snapshot: h.snapshot,
+            time: h.time,
+            change: h.change.to_string(),
+            size: h.size,
+            mtime: h.mtime,
+        }
+    }
+}
+
+/// Result of `history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub branch: String,
+    pub path: String,
+    pub versions: Vec<Version>,
+}
+
+/// One mount of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub mount_point: String,
+    /// The branch served (read-write), or none for a snapshot mount.
+    pub branch: Option<String>,
+    /// The snapshot served (read-only), or none for a branch mount.
+    pub snapshot: Option<String>,
+    pub read_only: bool,
+}
+
+/// Result of `ping`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub store: String,
+    pub mounts: Vec<MountInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_wire_form() {
+        let r = Request::SnapshotCreate {
+            name: "x".into(),
+            branch: Some("main".into()),
+            via: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"snapshot_create","name":"x","branch":"main"}"#
+        );
+        let parsed: Request =
+            serde_json::from_str(r#"{"op":"snapshot_create","branch":"main","name":"x"}"#).unwrap();
+        assert_eq!(parsed, r);
+        let parsed: Request = serde_json::from_str(r#"{"op":"snapshot_delete","name":"a"}"#)
+            .expect("dry_run defaults to false");
+        assert_eq!(
+            parsed,
+            Request::SnapshotDelete {
+                name: "a".into(),
+                dry_run: false
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Ping).unwrap(),
+            r#"{"op":"ping"}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let ok = Response::success(serde_json::json!({"a": 1}));
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":true,"result":{"a":1}}"#
+        );
+        let err = Response::failure("no snapshot named \"x\"".into());
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"ok":false,"error":"no snapshot named \"x\""}"#
+        );
+        let closing: Response =
+            serde_json::from_str(&serde_json::to_string(&Response::closing()).unwrap()).unwrap();
+        assert!(closing.closing && !closing.ok);
+    }
+}

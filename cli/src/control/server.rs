@@ -1,0 +1,346 @@
+//! The daemon's side of the control socket.
+//!
+//! `Server::start` makes `STORE/control.sock` (mode 0600: bound under a temporary name,
+//! chmod'ed, then renamed into place, so the socket is never reachable with wider
+//! permissions) after removing a stale one (a socket file nobody answers on), and accepts
+//! connections on a thread of its own. Each connection gets a thread: it reads one request
+//! line, checks that the peer runs as the daemon's user, carries the request out and
+//! writes one reply line. `Server::remove` deletes the socket file if it is still ours.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tracing::{debug, info, warn};
+
+use super::client::{self, with_socket_path};
+use super::proto::{Request, Response, MAX_REQUEST};
+use super::socket_path;
+use crate::daemon::mounts::{Daemon, MountTarget};
+use crate::error::one_line;
+use crate::ops;
+
+/// The listening socket of a daemon.
+pub struct Server {
+    path: PathBuf,
+    /// Inode of the socket file this daemon made (to remove only its own).
+    ino: u64,
+}
+
+impl Server {
+    /// Creates `STORE/control.sock` and starts accepting requests for `daemon`.
+    pub fn start(daemon: &Arc<Daemon>) -> Result<Server> {
+        let store = daemon.store_path.clone();
+        let path = socket_path(&store);
+        remove_stale(&store, &path)?;
+        let temp_name = format!(".control.sock.{}", std::process::id());
+        let temp = store.join(&temp_name);
+        let _ = fs::remove_file(&temp);
+        let listener = bind_as(&store, &temp_name)
+            .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+        fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
+            .and_then(|()| fs::rename(&temp, &path))
+            .map_err(|err| {
+                let _ = fs::remove_file(&temp);
+                anyhow!(err).context(format!(
+                    "cannot create the control socket {}",
+                    path.display()
+                ))
+            })?;
+        let ino = fs::metadata(&path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .ino();
+        // Weak: the daemon (and the store, with its lock) must go away when the daemon
+        // ends, even though this thread stays blocked in accept until the process exits.
+        let accepting = Arc::downgrade(daemon);
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(listener, accepting))
+            .context("cannot start the control-socket thread")?;
+        info!("listening on {}", path.display());
+        Ok(Server { path, ino })
+    }
+
+    /// Removes the socket file, if it is still the one this daemon made.
+    pub fn remove(&self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.ino() == self.ino => {
+                if let Err(err) = fs::remove_file(&self.path) {
+                    warn!("cannot remove {}: {err}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Binds a listening socket named `name` in the store directory.
+fn bind_as(store: &Path, name: &str) -> io::Result<UnixListener> {
+    // with_socket_path shortens STORE/control.sock; the temporary name has the same
+    // directory, so shorten it the same way.
+    with_socket_path(store, |sock| {
+        let dir = sock.parent().unwrap_or(Path::new("/"));
+        UnixListener::bind(dir.join(name))
+    })
+}
+
+/// Removes a control socket nobody answers on; refuses if a daemon answers on it.
+fn remove_stale(store: &Path, path: &Path) -> Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    match client::connect(store) {
+        Ok(Some(_)) => bail!(
+            "another strata daemon answers on {}; is the store mounted already?",
+            path.display()
+        ),
+        Ok(None) | Err(_) => {
+            info!("removing the stale control socket {}", path.display());
+            fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()))
+        }
+    }
+}
+
+fn accept_loop(listener: UnixListener, daemon: Weak<Daemon>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(mut stream) => {
+                let Some(daemon) = daemon.upgrade() else {
+                    let mut line = serde_json::to_string(&Response::closing()).unwrap_or_default();
+                    line.push('\n');
+                    let _ = stream.write_all(line.as_bytes());
+                    continue;
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("control-request".into())
+                    .spawn(move || serve(stream, &daemon));
+                if let Err(err) = spawned {
+                    warn!("cannot start a thread for a control request: {err}");
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                warn!("control socket accept failed: {err}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The uid of the process at the other end.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Reads one request line (at most `MAX_REQUEST` bytes).
+fn read_request(stream: &UnixStream) -> Result<Request, String> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    match reader.read_line(&mut line) {
+        Ok(0) => Err("empty request".into()),
+        Ok(_) if !line.ends_with('\n') => Err(format!(
+            "request line too long or not terminated (at most {MAX_REQUEST} bytes)"
+        )),
+        Ok(_) => serde_json::from_str(line.trim_end()).map_err(|err| format!("bad request: {err}")),
+        Err(err) => Err(format!("cannot read the request: {err}")),
+    }
+}
+
+fn serve(stream: UnixStream, daemon: &Arc<Daemon>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let response = match peer_uid(&stream) {
+        Ok(uid) if uid == me || uid == 0 => match read_request(&stream) {
+            Ok(request) => handle(daemon, &request),
+            Err(message) => Response::failure(message),
+        },
+        Ok(uid) => Response::failure(format!(
+            "permission denied: uid {uid} may not control this daemon"
+        )),
+        Err(err) => Response::failure(format!("cannot identify the client: {err}")),
+    };
+    let mut line = serde_json::to_string(&response).unwrap_or_else(|err| {
+        format!(r#"{{"ok":false,"error":"cannot encode the reply: {err}"}}"#)
+    });
+    line.push('\n');
+    let mut stream = stream;
+    if let Err(err) = stream.write_all(line.as_bytes()) {
+        debug!("cannot send a control reply: {err}");
+    }
+}
+
+/// Carries out one request.
+fn handle(daemon: &Arc<Daemon>, request: &Request) -> Response {
+    let Some(_busy) = daemon.begin() else {
+        return Response::closing();
+    };
+    let result = match request {
+        Request::Ping => serde_json::to_value(daemon.status()).map_err(anyhow::Error::from),
+        Request::Mount {
+            mount_point,
+            branch,
+            snapshot,
+            threads,
+        } => {
+            let target = MountTarget {
+                branch: branch.clone(),
+                snapshot: snapshot.clone(),
+            };
+            daemon
+                .mount(Path::new(mount_point), &target, *threads)
+                .and_then(|info| Ok(serde_json::to_value(info)?))
+        }
+        other => ops::execute(&daemon.store, daemon.as_ref(), other),
+    };
+    match result {
+        Ok(value) => {
+            if !matches!(request, Request::Ping) {
+                info!("control: {} done", request.op());
+            }
+            Response::success(value)
+        }
+        Err(err) => {
+            let message = one_line(&format!("{err:#}"));
+            info!("control: {} failed: {message}", request.op());
+            Response::failure(message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::client;
+    use crate::control::proto::{Snapshot, Status};
+
+    /// A daemon with no mounts over a fresh store in a temp dir, and its socket.
+    fn daemon(tag: &str) -> (PathBuf, Arc<Daemon>, Server) {
+        let dir =
+            std::env::temp_dir().join(format!("strata-cli-server-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        strata_snapshot::Store::init(&dir, &crate::store::default_init_options()).unwrap();
+        let store = strata_snapshot::Store::open(&dir).unwrap();
+        let daemon = Daemon::new(store, dir.canonicalize().unwrap(), 1);
+        let server = Server::start(&daemon).unwrap();
+        (dir, daemon, server)
+    }
+
+    fn call(dir: &Path, request: &Request) -> Response {
+        client::send(dir, request, Duration::from_secs(30))
+            .unwrap()
+            .expect("the daemon answers")
+    }
+
+    #[test]
+    fn one_request_one_reply_over_the_socket() {
+        let (dir, daemon, server) = daemon("rr");
+        let mode = fs::metadata(socket_path(&dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the socket is owner-only");
+
+        let status: Status =
+            serde_json::from_value(call(&dir, &Request::Ping).result.unwrap()).unwrap();
+        assert_eq!(status.pid, std::process::id());
+        assert!(status.mounts.is_empty());
+
+        let created = call(
+            &dir,
+            &Request::SnapshotCreate {
+                name: "x".into(),
+                branch: Some("main".into()),
+                via: None,
+            },
+        );
+        assert!(created.ok, "{created:?}");
+        let snapshot: Snapshot = serde_json::from_value(created.result.unwrap()).unwrap();
+        assert_eq!(
+            (snapshot.name.as_str(), snapshot.branch.as_str()),
+            ("x", "main")
+        );
+        let again = call(
+            &dir,
+            &Request::SnapshotCreate {
+                name: "x".into(),
+                branch: None,
+                via: None,
+            },
+        );
+        assert!(!again.ok);
+        assert!(again.error.unwrap().contains("exists already"));
+        let missing = call(
+            &dir,
+            &Request::SnapshotDelete {
+                name: "nope".into(),
+                dry_run: false,
+            },
+        );
+        assert_eq!(missing.error.as_deref(), Some("no snapshot named \"nope\""));
+
+        // Garbage gets an error reply, not a hang or a crash.
+        let mut stream = UnixStream::connect(socket_path(&dir)).unwrap();
+        stream.write_all(b"{\"op\":\"format\"}\n").unwrap();
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply).unwrap();
+        let reply: Response = serde_json::from_str(&reply).unwrap();
+        assert!(!reply.ok && reply.error.unwrap().starts_with("bad request"));
+
+        // Once closing, requests are answered `closing`.
+        assert!(daemon.wait_idle().is_empty());
+        assert!(call(&dir, &Request::SnapshotList).closing);
+        server.remove();
+        assert!(!socket_path(&dir).exists());
+        daemon.store.close().unwrap();
+        drop(daemon);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced() {
+        let dir =
+            std::env::temp_dir().join(format!("strata-cli-server-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        drop(UnixListener::bind(socket_path(&dir)).unwrap()); // nobody listens any more
+        remove_stale(&dir, &socket_path(&dir)).unwrap();
+        assert!(!socket_path(&dir).exists());
+        let live = UnixListener::bind(socket_path(&dir)).unwrap();
+        let err = remove_stale(&dir, &socket_path(&dir)).unwrap_err();
+        assert!(
+            err.to_string().contains("another strata daemon answers"),
+            "{err}"
+        );
+        drop(live);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,253 @@
+//! The snapshot commands as operations on an open store: `execute` carries out one
+//! control request and returns its result as JSON. The daemon runs it for requests that
+//! arrive on the control socket; a command run while no daemon holds the store opens the
+//! store and runs the very same function, so results (and errors) are the same either way.
+//!
+//! What depends on mounts goes through `Host`: which branch a mount point serves (the
+//! default branch of a command that named the store by a mount point), refusing to delete
+//! what is mounted, and invalidating kernel caches after a change. A store opened by a
+//! command has no mounts (`NoMounts`).
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use strata_snapshot::{Store, VolumeKind, MAIN_BRANCH};
+
+use crate::control::proto::{
+    Branch, BranchDeleted, Change, Deleted, Diff, History, Renamed, Request, RolledBack, Snapshot,
+    Version,
+};
+
+/// What the process running an operation knows about the store's mounts.
+pub trait Host {
+    /// What the mount at `mount_point` serves, if it is one of this process's mounts.
+    fn mount_kind(&self, mount_point: &str) -> Option<VolumeKind>;
+    /// The mount points serving `kind`.
+    fn mounted_at(&self, kind: &VolumeKind) -> Vec<String>;
+    /// Snapshots were created, deleted or renamed: refresh every `.snapshots/` view.
+    fn snapshots_changed(&self);
+    /// `branch` now shows another tree: drop every cached page, entry and attribute of
+    /// its mounts. Returns those mount points.
+    fn branch_replaced(&self, branch: &str) -> Vec<String>;
+}
+
+/// The host of a command that opened the store itself: nothing is mounted.
+pub struct NoMounts;
+
+impl Host for NoMounts {
+    fn mount_kind(&self, _: &str) -> Option<VolumeKind> {
+        None
+    }
+    fn mounted_at(&self, _: &VolumeKind) -> Vec<String> {
+        Vec::new()
+    }
+    fn snapshots_changed(&self) {}
+    fn branch_replaced(&self, _: &str) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The branch a request acts on: the one named, else the one mounted at the mount point
+/// the store was named by, else `main`.
+fn branch_of(host: &dyn Host, branch: &Option<String>, via: &Option<String>) -> String {
+    if let Some(branch) = branch {
+        return branch.clone();
+    }
+    match via.as_deref().and_then(|mp| host.mount_kind(mp)) {
+        Some(VolumeKind::Branch(b)) => b,
+        _ => MAIN_BRANCH.to_string(),
+    }
+}
+
+fn model(err: strata_snapshot::Error) -> anyhow::Error {
+    anyhow!(err)
+}
+
+/// `the mount at /a` / `mounted at /a and /b`, for refusals.
+fn mounted_message(what: &str, mount_points: &[String]) -> String {
+    let first = &mount_points[0];
+    format!(
+        "{what} is mounted at {}; unmount it first (`strata umount {first}`)",
+        mount_points.join(" and ")
+    )
+}
+
+/// Carries out `request` on `store`; the result is the JSON form of the op's result type
+/// in `control::proto`.
+pub fn execute(
+    store: &Arc<Store>,
+    host: &dyn Host,
+    request: &Request,
+) -> Result<serde_json::Value> {
+    let value = match request {
+        Request::Ping | Request::Mount { .. } => {
+            bail!("`{}` is answered by the daemon only", request.op())
+        }
+        Request::SnapshotCreate { name, branch, via } => {
+            let branch = branch_of(host, branch, via);
+            let info = store.snapshot_create(&branch, name).map_err(model)?;
+            host.snapshots_changed();
+            serde_json::to_value(Snapshot::from_info(info, None))?
+        }
+        Request::SnapshotList => {
+            let rows: Vec<Snapshot> = store
+                .snapshot_usage()
+                .map_err(model)?
+                .into_iter()
+                .map(|(info, usage)| Snapshot::from_info(info, Some(usage)))
+                .collect();
+            serde_json::to_value(rows)?
+        }
+        Request::SnapshotDelete { name, dry_run } => {
+            let gen = store.snapshot_gen(name).map_err(model)?;
+            let mounted = host.mounted_at(&VolumeKind::Snapshot(gen));
+            if !mounted.is_empty() && !dry_run {
+                bail!(mounted_message(&format!("snapshot {name}"), &mounted));
+            }
+            let bytes = store.snapshot_delete(name, *dry_run).map_err(model)?;
+            if !dry_run {
+                host.snapshots_changed();
+            }
+            serde_json::to_value(Deleted {
+                name: name.clone(),
+                dry_run: *dry_run,
+                bytes,
+            })?
+        }
+        Request::SnapshotRename { old, new } => {
+            store.snapshot_rename(old, new).map_err(model)?;
+            host.snapshots_changed();
+            serde_json::to_value(Renamed {
+                old: old.clone(),
+                new: new.clone(),
+            })?
+        }
+        Request::Rollback {
+            name,
+            force,
+            branch,
+            via,
+        } => {
+            let branch = branch_of(host, branch, via);
+            let info = store.rollback(&branch, name, *force).map_err(model)?;
+            let invalidated = host.branch_replaced(&branch);
+            host.snapshots_changed();
+            serde_json::to_value(RolledBack {
+                branch,
+                snapshot: name.clone(),
+                saved_as: info.saved_as,
+                open_files: info.open_files,
+                invalidated,
+            })?
+        }
+        Request::Clone { snapshot, branch } => {
+            let info = store.clone_branch(snapshot, branch).map_err(model)?;
+            serde_json::to_value(Branch::from(info))?
+        }
+        Request::BranchList => {
+            let rows: Vec<Branch> = store.branches().into_iter().map(Branch::from).collect();
+            serde_json::to_value(rows)?
+        }
+        Request::BranchDelete { branch } => {
+            if branch != MAIN_BRANCH {
+                let mounted = host.mounted_at(&VolumeKind::Branch(branch.clone()));
+                if !mounted.is_empty() {
+                    bail!(mounted_message(&format!("branch {branch}"), &mounted));
+                }
+            }
+            store.branch_delete(branch).map_err(model)?;
+            serde_json::to_value(BranchDeleted {
+                branch: branch.clone(),
+            })?
+        }
+        Request::Diff { a, b, branch, via } => {
+            let from = VolumeKind::Snapshot(store.snapshot_gen(a).map_err(model)?);
+            let (to, to_label) = match b {
+                Some(b) => (
+                    VolumeKind::Snapshot(store.snapshot_gen(b).map_err(model)?),
+                    b.clone(),
+                ),
+                None => {
+                    let branch = branch_of(host, branch, via);
+                    let label = format!("{branch} (live)");
+                    (VolumeKind::Branch(branch), label)
+                }
+            };
+            let changes: Vec<Change> = store
+                .diff(&from, &to)
+                .map_err(model)?
+                .into_iter()
+                .map(Change::from)
+                .collect();
+            serde_json::to_value(Diff {
+                from: a.clone(),
+                to: to_label,
+                changes,
+            })?
+        }
+        Request::History { mount_point, path } => {
+            let branch = match host.mount_kind(mount_point) {
+                Some(VolumeKind::Branch(b)) => b,
+                Some(VolumeKind::Snapshot(_)) => bail!(
+                    "{mount_point} is a read-only snapshot mount; history follows a branch: \
+                     give a path in a branch's mount"
+                ),
+                None => bail!(
+                    "{mount_point} is not a mount of {} served by a running strata daemon",
+                    store.path().display()
+                ),
+            };
+            let versions: Vec<Version> = store
+                .history(&branch, path)
+                .map_err(model)?
+                .into_iter()
+                .map(Version::from)
+                .collect();
+            serde_json::to_value(History {
+                branch,
+                path: path.clone(),
+                versions,
+            })?
+        }
+    };
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OneMount;
+    impl Host for OneMount {
+        fn mount_kind(&self, mp: &str) -> Option<VolumeKind> {
+            (mp == "/mnt/b").then(|| VolumeKind::Branch("b".into()))
+        }
+        fn mounted_at(&self, _: &VolumeKind) -> Vec<String> {
+            vec!["/mnt/b".into()]
+        }
+        fn snapshots_changed(&self) {}
+        fn branch_replaced(&self, _: &str) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn branch_defaults() {
+        assert_eq!(branch_of(&NoMounts, &None, &None), "main");
+        assert_eq!(branch_of(&NoMounts, &None, &Some("/mnt/b".into())), "main");
+        assert_eq!(branch_of(&OneMount, &None, &Some("/mnt/b".into())), "b");
+        assert_eq!(
+            branch_of(&OneMount, &Some("c".into()), &Some("/mnt/b".into())),
+            "c"
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_mount_point() {
+        let m = mounted_message("branch b", &["/mnt/b".into()]);
+        assert_eq!(
+            m,
+            "branch b is mounted at /mnt/b; unmount it first (`strata umount /mnt/b`)"
+        );
+    }
+}
