@@ -143,6 +143,33 @@ if "strata" in targets:
         f"strata daemon peak RSS (VmHWM, max over its mounts): {fmt(extra.get('daemon_vmhwm_mib'))} MiB "
         "(§6: ≤ 256 MiB + the configured cache)"
     )
+snap_path = os.path.join(raw_root, "snapshots.json")
+if os.path.exists(snap_path):
+    snaps = json.load(open(snap_path))
+    extra["snapshots"] = snaps
+    lines += ["", "| snapshot create | data | p50 | p99 | max | §6 target | met? |", "|---|---|---|---|---|---|---|"]
+    p99s = []
+    for r in snaps.get("latency", []):
+        src = r.get("store_ms") or r["e2e_ms"]
+        p99s.append(src["p99"])
+        for label, d in (("store side", r.get("store_ms")), ("end to end (CLI)", r["e2e_ms"])):
+            if d:
+                lines.append(
+                    f"| {label} | {r['size_gib']} GiB | {d['p50']:.2f} ms | {d['p99']:.2f} ms | {d['max']:.2f} ms | "
+                    f"≤ 10 ms p99, ±20% across sizes | "
+                    + ("yes" if label == "store side" and d["p99"] <= 10 else ("–" if label != "store side" else "**no**"))
+                    + " |"
+                )
+    if len(p99s) > 1:
+        spread = max(p99s) / min(p99s) if min(p99s) > 0 else float("inf")
+        lines.append(f"\np99 spread across sizes (store side): {spread:.2f}× (target ≤ 1.2×, i.e. ±20%)")
+    if snaps.get("growth"):
+        lines += ["", "| blocks rewritten after a snapshot | block size | pack growth | per block | metadata growth |", "|---|---|---|---|---|"]
+        for g in snaps["growth"]:
+            lines.append(
+                f"| {g['blocks_rewritten']} | {g['block_size'] // 1024} KiB | {g['pack_growth'] / 1024:,.0f} KiB | "
+                f"{g['pack_growth_per_block'] / 1024:.1f} KiB | {g['meta_growth'] / 1024:,.0f} KiB |"
+            )
 table = "\n".join(lines)
 m = meta
 header = (

@@ -283,14 +283,15 @@ strata_init() {
     fi
 }
 
-# strata_mount STORE MOUNTPOINT LOGFILE: mount, wait until ready, register for cleanup.
-# Sets STRATA_PID to the daemon's pid (empty if it could not be found).
+# strata_mount STORE MOUNTPOINT LOGFILE [MOUNT-OPTION...]: mount, wait until ready,
+# register for cleanup. Sets STRATA_PID to the daemon's pid (empty if it could not be
+# found, e.g. for a second mount served by an already running daemon).
 STRATA_PID=
 strata_mount() {
     local store=$1 mnt=$2 logf=$3 n
     mkdir -p "$mnt"
     CLEANUP_MOUNTS+=("strata|$mnt")
-    if ! timeout -k 5 "${STRATA_MOUNT_TIMEOUT:-60}" "$STRATA" mount "$store" "$mnt" </dev/null >>"$logf" 2>&1; then
+    if ! timeout -k 5 "${STRATA_MOUNT_TIMEOUT:-60}" "$STRATA" mount "${@:4}" "$store" "$mnt" </dev/null >>"$logf" 2>&1; then
         tail -n 30 "$logf" >&2 || true
         die "strata mount $store $mnt failed (log: $logf)"
     fi
