@@ -85,9 +85,14 @@ pub fn execute(
         }
         Request::SnapshotCreate { name, branch, via } => {
             let branch = branch_of(host, branch, via);
+            let started = std::time::Instant::now();
             let info = store.snapshot_create(&branch, name).map_err(model)?;
+            let took_us = started.elapsed().as_micros() as u64;
             host.snapshots_changed();
-            serde_json::to_value(Snapshot::from_info(info, None))?
+            serde_json::to_value(Snapshot {
+                took_us: Some(took_us),
+                ..Snapshot::from_info(info, None)
+            })?
         }
         Request::SnapshotList => {
             let rows: Vec<Snapshot> = store

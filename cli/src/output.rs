@@ -182,7 +182,7 @@ pub fn snapshot_deleted(d: &Deleted) -> String {
         format!("would free {} ({} bytes)\n", format_human(d.bytes), d.bytes)
     } else {
         format!(
-            "deleted snapshot {}; {} is no longer referenced (reclaimed by gc)\n",
+            "deleted snapshot {}; {} is no longer referenced (this version keeps the disk space: reclamation is not implemented yet)\n",
             d.name,
             format_human(d.bytes)
         )
@@ -373,6 +373,7 @@ mod tests {
             referenced_bytes: Some(3 << 19),
             exclusive_bytes: Some(1024),
             files: Some(12),
+            took_us: None,
         }
     }
 
@@ -428,7 +429,7 @@ mod tests {
         };
         assert_eq!(
             snapshot_deleted(&d),
-            "deleted snapshot x; 1.2 MiB is no longer referenced (reclaimed by gc)\n"
+            "deleted snapshot x; 1.2 MiB is no longer referenced (this version keeps the disk space: reclamation is not implemented yet)\n"
         );
         let r = RolledBack {
             branch: "main".into(),

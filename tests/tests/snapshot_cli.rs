@@ -324,7 +324,7 @@ fn changing_commands_print_the_same_mounted_and_unmounted() {
     assert_eq!(first[2], "renamed snapshot s2 to s3\n");
     assert_eq!(
         first[4],
-        "deleted snapshot s3; 0 B is no longer referenced (reclaimed by gc)\n"
+        "deleted snapshot s3; 0 B is no longer referenced (this version keeps the disk space: reclamation is not implemented yet)\n"
     );
     assert!(first[6].contains("of branch b1"), "{}", first[6]);
     assert!(first[8].starts_with(

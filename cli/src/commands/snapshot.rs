@@ -41,6 +41,9 @@ pub struct CreateArgs {
     /// The branch to snapshot [default: the branch mounted at STORE, else main].
     #[arg(long, value_name = "BRANCH")]
     pub branch: Option<String>,
+    /// Print the new snapshot as JSON, with `took_us`: the time the store took.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,7 +98,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     via: target.via_string(),
                 },
             )?;
-            print!("{}", output::snapshot_created(&created));
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                print!("{}", output::snapshot_created(&created));
+            }
         }
         Command::List(a) => {
             let target = session::resolve_store(&a.store)?;

@@ -166,6 +166,10 @@ pub struct Snapshot {
     pub exclusive_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<u64>,
+    /// For `snapshot_create`: how long the store took (waiting for in-flight writes,
+    /// committing buffered data, the snapshot's own commit), in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_us: Option<u64>,
 }
 
 impl Snapshot {
@@ -180,6 +184,7 @@ impl Snapshot {
             referenced_bytes: usage.as_ref().map(|u| u.referenced_bytes),
             exclusive_bytes: usage.as_ref().map(|u| u.exclusive_bytes),
             files: usage.as_ref().map(|u| u.files),
+            took_us: None,
         }
     }
 }
