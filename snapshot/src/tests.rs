@@ -9,9 +9,9 @@ const CTX: Ctx = Ctx {
     uid: 1000,
     gid: 100,
 };
-const BS: u32 = 16384;
+pub(crate) const BS: u32 = 16384;
 
-fn new_store() -> (tempfile::TempDir, Arc<Store>) {
+pub(crate) fn new_store() -> (tempfile::TempDir, Arc<Store>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     Store::init(
@@ -26,7 +26,7 @@ fn new_store() -> (tempfile::TempDir, Arc<Store>) {
     (dir, s)
 }
 
-fn reopen(dir: &tempfile::TempDir, s: Arc<Store>) -> Arc<Store> {
+pub(crate) fn reopen(dir: &tempfile::TempDir, s: Arc<Store>) -> Arc<Store> {
     s.close().unwrap();
     drop(s);
     Store::open(&dir.path().join("store")).unwrap()

@@ -6,28 +6,7 @@ use std::sync::Arc;
 use crate::*;
 
 const CTX: Ctx = Ctx { uid: 0, gid: 0 };
-const BS: u32 = 16384;
-
-fn new_store() -> (tempfile::TempDir, Arc<Store>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
-    Store::init(
-        &path,
-        &InitOptions {
-            block_size: BS,
-            compression_level: 1,
-        },
-    )
-    .unwrap();
-    let s = Store::open(&path).unwrap();
-    (dir, s)
-}
-
-fn reopen(dir: &tempfile::TempDir, s: Arc<Store>) -> Arc<Store> {
-    s.close().unwrap();
-    drop(s);
-    Store::open(&dir.path().join("store")).unwrap()
-}
+use crate::tests::{new_store, reopen, BS};
 
 fn put(v: &Volume, path: &str, data: &[u8]) -> InodeNo {
     let mut dir = InodeNo::ROOT;
