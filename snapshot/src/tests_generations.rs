@@ -1,8 +1,6 @@
 //! Store-level tests of generations: snapshot, rollback, clone, delete, rename, diff,
 //! history and space accounting, each followed by a reopen where it matters.
 
-use std::sync::Arc;
-
 use crate::*;
 
 const CTX: Ctx = Ctx { uid: 0, gid: 0 };
