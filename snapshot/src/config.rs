@@ -24,6 +24,13 @@ pub struct StoreConfig {
     /// Seconds between background commits of buffered writes.
     #[serde(default = "default_commit_interval")]
     pub commit_interval_secs: u64,
+    /// Automatic snapshots of every mounted branch, e.g. "15m" (mount's
+    /// `--snapshot-every` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_snapshot_every: Option<String>,
+    /// Keep rules for the automatic snapshots, e.g. "hourly=24,daily=7,weekly=4".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_snapshot_keep: Option<String>,
 }
 
 fn default_commit_interval() -> u64 {
@@ -40,6 +47,8 @@ impl StoreConfig {
             block_size,
             compression_level,
             commit_interval_secs: default_commit_interval(),
+            auto_snapshot_every: None,
+            auto_snapshot_keep: None,
         })
     }
 

@@ -13,6 +13,7 @@
 //! | `G`  | G gen(u64 BE) (unversioned)   | generation record            |
 //! | `S`  | S name (unversioned)          | store state (counters)       |
 //! | `C`  | C gen(u64 BE) ino(u64 BE) (unversioned) | empty: gen changed ino (change index) |
+//! | `H`  | H gen(u64 BE) (unversioned)   | empty: snapshot gen is held  |
 
 use crate::types::{GenerationId, InodeNo};
 
@@ -24,6 +25,7 @@ pub const ORPHAN: u8 = b'O';
 pub const GENERATION: u8 = b'G';
 pub const STATE: u8 = b'S';
 pub const CHANGE: u8 = b'C';
+pub const HOLD: u8 = b'H';
 
 pub const GEN_SUFFIX_LEN: usize = 8;
 
@@ -119,6 +121,14 @@ pub fn change_prefix(gen: GenerationId) -> Vec<u8> {
 pub fn change(gen: GenerationId, ino: InodeNo) -> Vec<u8> {
     let mut k = change_prefix(gen);
     k.extend_from_slice(&ino.0.to_be_bytes());
+    k
+}
+
+/// Present while the snapshot `gen` is held (no deletion, no pruning).
+pub fn hold(gen: GenerationId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(HOLD);
+    k.extend_from_slice(&gen.0.to_be_bytes());
     k
 }
 

@@ -24,6 +24,7 @@ mod keys;
 pub mod lock;
 mod meta;
 mod namespace;
+mod retention;
 mod snapshots;
 mod split_writes;
 mod store;
@@ -36,7 +37,10 @@ pub use config::{StoreConfig, FORMAT_VERSION};
 pub use diff::{DiffEntry, HistoryEntry};
 pub use error::{Error, Result};
 pub use generation::MAIN_BRANCH;
-pub use snapshots::{check_name, utc_stamp, BranchInfo, RollbackInfo, SnapshotInfo, SnapshotUsage};
+pub use retention::{Candidate, Decision, KeepPolicy};
+pub use snapshots::{
+    check_name, utc_stamp, BranchInfo, RollbackInfo, SnapshotInfo, SnapshotUsage, AUTO_PREFIX,
+};
 pub use store::{InitOptions, Store};
 pub use types::*;
 pub use verify::{Stats, VerifyReport};

@@ -100,6 +100,10 @@ impl Meta {
         self.merged_range(prefix, prefix_end(prefix).as_deref())
     }
 
+    pub fn remove_raw(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.overlay.insert(key, Some(value));
     }

@@ -36,6 +36,8 @@ pub struct SnapshotInfo {
     pub branch: String,
     /// Seconds since the epoch when the snapshot was taken.
     pub created: i64,
+    /// Held: no deletion and no pruning until released.
+    pub held: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +68,10 @@ pub struct RollbackInfo {
     /// Files that were open (kept open under --force).
     pub open_files: Vec<String>,
 }
+
+/// Names of automatic snapshots start with this; `snapshot prune` considers only them
+/// unless told otherwise.
+pub const AUTO_PREFIX: &str = "auto-";
 
 /// Validates a snapshot or branch name.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
@@ -150,8 +156,65 @@ impl Store {
                 }),
                 branch: r.branch.clone(),
                 created: r.created.secs,
+                held: st.meta.get_raw(&keys::hold(g)).ok().flatten().is_some(),
             })
             .collect()
+    }
+
+    fn is_held(&self, g: GenerationId) -> Result<bool> {
+        Ok(self.lock().meta.get_raw(&keys::hold(g))?.is_some())
+    }
+
+    /// Holds (`hold = true`) or releases snapshot `name`: a held snapshot cannot be
+    /// deleted and no retention rule removes it.
+    pub fn snapshot_hold(&self, name: &str, hold: bool) -> Result<()> {
+        let mut st = self.lock();
+        let g = st
+            .gens
+            .snapshot(name)
+            .ok_or_else(|| Error::Invalid(format!("no snapshot named {name:?}")))?;
+        if hold {
+            st.meta.put_raw(keys::hold(g), Vec::new());
+        } else {
+            st.meta.remove_raw(keys::hold(g));
+        }
+        self.commit_locked(&mut st)
+    }
+
+    /// Applies `policy` to the automatic snapshots (names starting `auto-`), or to every
+    /// snapshot with `all`; deletes what no rule keeps unless `dry_run`. Returns every
+    /// considered snapshot's decision, newest first.
+    pub fn snapshot_prune(
+        &self,
+        policy: &crate::retention::KeepPolicy,
+        all: bool,
+        dry_run: bool,
+    ) -> Result<Vec<crate::retention::Decision>> {
+        let candidates: Vec<crate::retention::Candidate> = self
+            .snapshots()
+            .into_iter()
+            .filter(|s| all || s.name.starts_with(AUTO_PREFIX))
+            .map(|s| crate::retention::Candidate {
+                name: s.name,
+                time: s.created,
+                held: s.held,
+            })
+            .collect();
+        let decisions = crate::retention::plan(&candidates, policy);
+        if !dry_run {
+            for d in decisions.iter().filter(|d| !d.keep) {
+                self.remove_snapshot(&d.name, self.snapshot_gen(&d.name)?)?;
+            }
+        }
+        Ok(decisions)
+    }
+
+    /// Takes an automatic snapshot of `branch`, named `auto-YYYYMMDDTHHMMSSZ` (names sort
+    /// by time).
+    pub fn snapshot_auto(&self, branch: &str) -> Result<SnapshotInfo> {
+        let base = format!("{AUTO_PREFIX}{}", utc_stamp(Timestamp::now().secs));
+        let name = unique_name(&self.lock(), &base);
+        self.snapshot_create(branch, &name)
     }
 
     pub fn branches(&self) -> Vec<BranchInfo> {
@@ -209,6 +272,7 @@ impl Store {
             }),
             branch: branch.to_string(),
             created: now.secs,
+            held: false,
         })
     }
 
@@ -238,21 +302,37 @@ impl Store {
     /// snapshot or branch references (what reclamation frees).
     pub fn snapshot_delete(&self, name: &str, dry_run: bool) -> Result<u64> {
         let g = self.snapshot_gen(name)?;
+        if self.is_held(g)? {
+            return Err(Error::Invalid(format!(
+                "snapshot {name:?} is held; release it first (strata snapshot release)"
+            )));
+        }
         let usage = self.usage()?;
         let freed = usage.get(&g).map(|u| u.exclusive_bytes).unwrap_or(0);
         if dry_run {
             return Ok(freed);
         }
+        self.remove_snapshot(name, g)?;
+        Ok(freed)
+    }
+
+    /// Marks snapshot `name` (generation `g`) deleted, in one commit.
+    fn remove_snapshot(&self, name: &str, g: GenerationId) -> Result<()> {
         let mut st = self.lock();
         if st.gens.snapshot(name) != Some(g) {
             return Err(Error::Invalid(format!("no snapshot named {name:?}")));
+        }
+        if st.meta.get_raw(&keys::hold(g))?.is_some() {
+            return Err(Error::Invalid(format!(
+                "snapshot {name:?} is held; release it first (strata snapshot release)"
+            )));
         }
         self.commit_locked(&mut st)?;
         let mut r = st.gens.get(g)?.clone();
         r.state = STATE_DELETED;
         r.name.clear();
         self.apply_generations(&mut st, vec![(g, r)], None)?;
-        Ok(freed)
+        Ok(())
     }
 
     /// Open file handles on `branch`'s live tree, as paths.

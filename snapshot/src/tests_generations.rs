@@ -347,3 +347,41 @@ fn a_snapshot_never_holds_half_of_a_write_the_kernel_split() {
     );
     s.close().unwrap();
 }
+
+#[test]
+fn held_snapshots_survive_delete_and_prune() {
+    let (dir, s) = new_store();
+    let v = s.main();
+    put(&v, "f", b"x");
+    let a = s.snapshot_auto(MAIN_BRANCH).unwrap().name;
+    assert!(a.starts_with(AUTO_PREFIX), "{a}");
+    // Same second: the second automatic name gets a suffix.
+    let b = s.snapshot_auto(MAIN_BRANCH).unwrap().name;
+    assert_ne!(a, b);
+    s.snapshot_create(MAIN_BRANCH, "manual").unwrap();
+    s.snapshot_hold(&a, true).unwrap();
+    let e = s.snapshot_delete(&a, false).unwrap_err().to_string();
+    assert!(e.contains("held"), "{e}");
+    // last=0 is refused by the parser; last=1 keeps the newest auto snapshot (b) and the
+    // held one (a); manual snapshots are not considered.
+    let policy = KeepPolicy::parse("last=1").unwrap();
+    let plan = s.snapshot_prune(&policy, false, true).unwrap();
+    assert_eq!(plan.len(), 2);
+    assert!(plan.iter().all(|d| d.keep));
+    s.snapshot_hold(&a, false).unwrap();
+    drop(v);
+    let s = reopen(&dir, s);
+    assert!(!s.snapshots().iter().any(|i| i.held));
+    let plan = s.snapshot_prune(&policy, false, false).unwrap();
+    let gone: Vec<&str> = plan
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(gone.len(), 1);
+    let names: Vec<String> = s.snapshots().into_iter().map(|i| i.name).collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"manual".to_string()));
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+    s.close().unwrap();
+}
