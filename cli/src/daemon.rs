@@ -26,6 +26,7 @@
 //! and no control request is running, the daemon removes the control socket, closes the
 //! store (releasing `STORE/lock` as it exits) and exits 0.
 
+pub mod auto;
 pub mod mounts;
 
 use std::fs::{File, OpenOptions};
@@ -84,6 +85,12 @@ pub fn spawn(
     }
     if let Some(snapshot) = &target.snapshot {
         command.arg(format!("--snapshot={snapshot}"));
+    }
+    if let Some(auto) = &target.auto {
+        command.arg(format!("--snapshot-every={}s", auto.every.as_secs()));
+        if let Some(keep) = &auto.keep {
+            command.arg(format!("--keep={keep}"));
+        }
     }
     command
         .arg("--")

@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use strata_snapshot::{Store, VolumeKind, MAIN_BRANCH};
 
 use crate::control::proto::{
-    Branch, BranchDeleted, Change, Deleted, Diff, History, Renamed, Request, RolledBack, Snapshot,
-    Version,
+    Branch, BranchDeleted, Change, Deleted, Diff, Held, History, Pruned, Renamed, Request,
+    RolledBack, Snapshot, Version,
 };
 
 /// What the process running an operation knows about the store's mounts.
@@ -125,6 +125,27 @@ pub fn execute(
             serde_json::to_value(Renamed {
                 old: old.clone(),
                 new: new.clone(),
+            })?
+        }
+        Request::SnapshotHold { name, hold } => {
+            store.snapshot_hold(name, *hold).map_err(model)?;
+            serde_json::to_value(Held {
+                name: name.clone(),
+                held: *hold,
+            })?
+        }
+        Request::SnapshotPrune { keep, all, dry_run } => {
+            let policy = strata_snapshot::KeepPolicy::parse(keep).map_err(model)?;
+            let decisions = store
+                .snapshot_prune(&policy, *all, *dry_run)
+                .map_err(model)?;
+            if !dry_run && decisions.iter().any(|d| !d.keep) {
+                host.snapshots_changed();
+            }
+            serde_json::to_value(Pruned {
+                keep: policy.to_string(),
+                dry_run: *dry_run,
+                decisions,
             })?
         }
         Request::Rollback {

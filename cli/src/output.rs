@@ -10,7 +10,9 @@
 use serde::Serialize;
 use strata_snapshot::utc_stamp;
 
-use crate::control::proto::{Branch, Deleted, Diff, History, Renamed, RolledBack, Snapshot};
+use crate::control::proto::{
+    Branch, Deleted, Diff, Held, History, Pruned, Renamed, RolledBack, Snapshot,
+};
 use crate::size::format_human;
 
 /// `2026-11-23 15:04:05` (UTC) for seconds since the epoch.
@@ -111,6 +113,7 @@ pub fn snapshot_table(rows: &[Snapshot], exact: bool) -> String {
         ("REFERENCED", Align::Right),
         ("EXCLUSIVE", Align::Right),
         ("FILES", Align::Right),
+        ("HOLD", Align::Left),
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -124,6 +127,7 @@ pub fn snapshot_table(rows: &[Snapshot], exact: bool) -> String {
                 size(s.referenced_bytes.unwrap_or(0), exact),
                 size(s.exclusive_bytes.unwrap_or(0), exact),
                 s.files.unwrap_or(0).to_string(),
+                if s.held { "held" } else { "-" }.to_string(),
             ]
         })
         .collect();
@@ -143,6 +147,7 @@ struct SnapshotJson<'a> {
     referenced_bytes: u64,
     exclusive_bytes: u64,
     files: u64,
+    held: bool,
 }
 
 /// `snapshot list --json`.
@@ -160,6 +165,7 @@ pub fn snapshot_json(rows: &[Snapshot]) -> String {
             referenced_bytes: s.referenced_bytes.unwrap_or(0),
             exclusive_bytes: s.exclusive_bytes.unwrap_or(0),
             files: s.files.unwrap_or(0),
+            held: s.held,
         })
         .collect();
     pretty(&items)
@@ -187,6 +193,39 @@ pub fn snapshot_deleted(d: &Deleted) -> String {
             format_human(d.bytes)
         )
     }
+}
+
+/// `snapshot hold` / `snapshot release`.
+pub fn snapshot_held(h: &Held) -> String {
+    if h.held {
+        format!(
+            "held snapshot {}: it cannot be deleted or pruned until released\n",
+            h.name
+        )
+    } else {
+        format!("released snapshot {}\n", h.name)
+    }
+}
+
+/// `snapshot prune`: a line per snapshot, newest first, then a summary.
+pub fn snapshot_pruned(p: &Pruned) -> String {
+    let mut out = String::new();
+    for d in &p.decisions {
+        if d.keep {
+            out.push_str(&format!("keep    {}  ({})\n", d.name, d.reasons.join(", ")));
+        } else {
+            let verb = if p.dry_run { "would remove" } else { "removed" };
+            out.push_str(&format!("{verb:<7} {}\n", d.name));
+        }
+    }
+    let gone = p.decisions.iter().filter(|d| !d.keep).count();
+    out.push_str(&format!(
+        "{} {gone} of {} snapshots (keep {})\n",
+        if p.dry_run { "would remove" } else { "removed" },
+        p.decisions.len(),
+        p.keep
+    ));
+    out
 }
 
 /// `snapshot rename`.
@@ -373,6 +412,7 @@ mod tests {
             referenced_bytes: Some(3 << 19),
             exclusive_bytes: Some(1024),
             files: Some(12),
+            held: false,
             took_us: None,
         }
     }
@@ -393,11 +433,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME        GEN  PARENT  BRANCH  CREATED              REFERENCED  EXCLUSIVE  FILES"
+            "NAME        GEN  PARENT  BRANCH  CREATED              REFERENCED  EXCLUSIVE  FILES  HOLD"
         );
         assert_eq!(
             lines[1],
-            "first         1  -       main    2026-11-18 11:06:40     1.5 MiB      1 KiB     12"
+            "first         1  -       main    2026-11-18 11:06:40     1.5 MiB      1 KiB     12  -"
         );
         assert!(
             lines[2].starts_with("second-one   12  first "),

@@ -263,7 +263,8 @@ fn listing_commands_print_the_same_mounted_and_unmounted() {
             "CREATED",
             "REFERENCED",
             "EXCLUSIVE",
-            "FILES"
+            "FILES",
+            "HOLD"
         ]
     );
     assert_eq!(list.lines().count(), 3, "{list}");
@@ -817,7 +818,7 @@ fn dry_run_frees_what_the_exclusive_column_says() {
     let table = ok(&["snapshot", "list", store, "--bytes"]);
     let line = table.lines().find(|l| l.starts_with("one ")).unwrap();
     let cells: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cells[cells.len() - 2], exclusive[0].to_string(), "{table}");
+    assert_eq!(cells[cells.len() - 3], exclusive[0].to_string(), "{table}");
     // Nothing was deleted by the dry runs.
     assert_eq!(snapshot_names(store), ["one", "two"]);
     let out = ok(&["snapshot", "delete", store, "one"]);

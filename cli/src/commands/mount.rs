@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::control::proto::{MountInfo, Request};
+use crate::daemon::auto::AutoSnapshots;
 use crate::daemon::mounts::MountTarget;
 use crate::error::UsageError;
 use crate::session::{self, Route};
@@ -38,6 +39,18 @@ pub struct Args {
     /// Mount this snapshot, read-only.
     #[arg(long, value_name = "NAME")]
     pub snapshot: Option<String>,
+
+    /// Take automatic snapshots of the branch while it is mounted, at multiples of this
+    /// interval (e.g. 15m, 1h, 1d), named auto-YYYYMMDDTHHMMSSZ. Default:
+    /// `auto_snapshot_every` in the store's strata.toml, if set.
+    #[arg(long, value_name = "INTERVAL", conflicts_with = "snapshot")]
+    pub snapshot_every: Option<String>,
+
+    /// Keep rules applied to the automatic snapshots after each one, as in `strata
+    /// snapshot prune` (e.g. hourly=24,daily=7,weekly=4,monthly=6). Default:
+    /// `auto_snapshot_keep` in strata.toml; without rules nothing is pruned.
+    #[arg(long, value_name = "RULES")]
+    pub keep: Option<String>,
 }
 
 impl Args {
@@ -71,9 +84,12 @@ pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {
             strata_snapshot::check_name(what, name).map_err(|e| UsageError(e.to_string()))?;
         }
     }
+    let auto = AutoSnapshots::parse(args.snapshot_every.as_deref(), args.keep.as_deref())
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let target = MountTarget {
         branch: args.branch.clone(),
         snapshot: args.snapshot.clone(),
+        auto,
     };
     let (store_arg, mount_point_arg) = args.store_and_mount_point();
     if args.foreground {
@@ -88,6 +104,8 @@ pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {
         branch: target.branch.clone(),
         snapshot: target.snapshot.clone(),
         threads: args.threads,
+        snapshot_every: args.snapshot_every.clone(),
+        keep: args.keep.clone(),
     };
     match session::route(&store, &request)? {
         Route::Daemon(response) => {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::control::proto::{Deleted, Renamed, Request, Snapshot};
+use crate::control::proto::{Deleted, Held, Pruned, Renamed, Request, Snapshot};
 use crate::{output, session};
 
 use super::check_new_name;
@@ -28,6 +28,43 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Rename a snapshot.
     Rename(RenameArgs),
+    /// Hold a snapshot: it cannot be deleted and no retention rule removes it.
+    Hold(NameArgs),
+    /// Release a held snapshot.
+    Release(NameArgs),
+    /// Remove the automatic snapshots that no keep rule keeps (as restic/borg --keep-*).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// The snapshot.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// Keep rules: last=N, hourly=N, daily=N, weekly=N, monthly=N, yearly=N, comma
+    /// separated (e.g. hourly=24,daily=7,weekly=4,monthly=6). Periods are UTC calendar
+    /// periods; a snapshot kept by any rule, or held, stays.
+    #[arg(long, value_name = "RULES", required = true)]
+    pub keep: String,
+    /// Consider every snapshot, not only the automatic ones (`auto-...`).
+    #[arg(long)]
+    pub all: bool,
+    /// Only print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the decisions as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,6 +160,34 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 },
             )?;
             print!("{}", output::snapshot_deleted(&deleted));
+        }
+        Command::Hold(a) | Command::Release(a) => {
+            let hold = matches!(args.command, Command::Hold(_));
+            let target = session::resolve_store(&a.store)?;
+            let held: Held = session::run(
+                &target.store,
+                &Request::SnapshotHold {
+                    name: a.name.clone(),
+                    hold,
+                },
+            )?;
+            print!("{}", output::snapshot_held(&held));
+        }
+        Command::Prune(a) => {
+            let target = session::resolve_store(&a.store)?;
+            let pruned: Pruned = session::run(
+                &target.store,
+                &Request::SnapshotPrune {
+                    keep: a.keep.clone(),
+                    all: a.all,
+                    dry_run: a.dry_run,
+                },
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&pruned)?);
+            } else {
+                print!("{}", output::snapshot_pruned(&pruned));
+            }
         }
         Command::Rename(a) => {
             check_new_name("snapshot", &a.new)?;

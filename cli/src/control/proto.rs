@@ -37,6 +37,11 @@ pub enum Request {
         snapshot: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         threads: Option<usize>,
+        /// Automatic snapshots, e.g. "15m", with keep rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot_every: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<String>,
     },
     SnapshotCreate {
         name: String,
@@ -54,6 +59,19 @@ pub enum Request {
     SnapshotRename {
         old: String,
         new: String,
+    },
+    /// Hold (`hold: true`) or release a snapshot.
+    SnapshotHold {
+        name: String,
+        hold: bool,
+    },
+    /// Apply keep rules (`hourly=24,daily=7,...`) to the automatic snapshots (or all).
+    SnapshotPrune {
+        keep: String,
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        dry_run: bool,
     },
     Rollback {
         name: String,
@@ -99,6 +117,8 @@ impl Request {
             Request::SnapshotList => "snapshot_list",
             Request::SnapshotDelete { .. } => "snapshot_delete",
             Request::SnapshotRename { .. } => "snapshot_rename",
+            Request::SnapshotHold { .. } => "snapshot_hold",
+            Request::SnapshotPrune { .. } => "snapshot_prune",
             Request::Rollback { .. } => "rollback",
             Request::Clone { .. } => "clone",
             Request::BranchList => "branch_list",
@@ -160,6 +180,9 @@ pub struct Snapshot {
     pub branch: String,
     /// Seconds since the epoch.
     pub created: i64,
+    /// Held: not deletable or prunable until released.
+    #[serde(default)]
+    pub held: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referenced_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,12 +204,28 @@ impl Snapshot {
             parent_name: info.parent_name,
             branch: info.branch,
             created: info.created,
+            held: info.held,
             referenced_bytes: usage.as_ref().map(|u| u.referenced_bytes),
             exclusive_bytes: usage.as_ref().map(|u| u.exclusive_bytes),
             files: usage.as_ref().map(|u| u.files),
             took_us: None,
         }
     }
+}
+
+/// Result of `snapshot_hold`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub name: String,
+    pub held: bool,
+}
+
+/// Result of `snapshot_prune`: every considered snapshot, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    pub keep: String,
+    pub dry_run: bool,
+    pub decisions: Vec<strata_snapshot::Decision>,
 }
 
 /// Result of `snapshot_delete`.

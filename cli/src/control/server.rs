@@ -209,15 +209,18 @@ fn handle(daemon: &Arc<Daemon>, request: &Request) -> Response {
             branch,
             snapshot,
             threads,
-        } => {
-            let target = MountTarget {
-                branch: branch.clone(),
-                snapshot: snapshot.clone(),
-            };
-            daemon
-                .mount(Path::new(mount_point), &target, *threads)
-                .and_then(|info| Ok(serde_json::to_value(info)?))
-        }
+            snapshot_every,
+            keep,
+        } => crate::daemon::auto::AutoSnapshots::parse(snapshot_every.as_deref(), keep.as_deref())
+            .and_then(|auto| {
+                let target = MountTarget {
+                    branch: branch.clone(),
+                    snapshot: snapshot.clone(),
+                    auto,
+                };
+                daemon.mount(Path::new(mount_point), &target, *threads)
+            })
+            .and_then(|info| Ok(serde_json::to_value(info)?)),
         other => ops::execute(&daemon.store, daemon.as_ref(), other),
     };
     match result {

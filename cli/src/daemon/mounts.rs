@@ -34,6 +34,8 @@ pub struct MountTarget {
     pub branch: Option<String>,
     /// A snapshot to mount read-only.
     pub snapshot: Option<String>,
+    /// Automatic snapshots of the branch while it is mounted (else the store config's).
+    pub auto: Option<super::auto::AutoSnapshots>,
 }
 
 impl MountTarget {
@@ -192,6 +194,27 @@ impl Daemon {
             self.store_path.display(),
             target.describe()
         );
+        if let VolumeKind::Branch(branch) = &kind {
+            let auto = match &target.auto {
+                Some(a) => Some(a.clone()),
+                None => {
+                    let cfg = self.store.config();
+                    super::auto::AutoSnapshots::parse(
+                        cfg.auto_snapshot_every.as_deref(),
+                        cfg.auto_snapshot_keep.as_deref(),
+                    )
+                    .with_context(|| {
+                        format!(
+                            "auto_snapshot_* in {}/strata.toml",
+                            self.store_path.display()
+                        )
+                    })?
+                }
+            };
+            if let Some(auto) = auto {
+                super::auto::start(Arc::clone(self), branch.clone(), auto)?;
+            }
+        }
         let daemon = Arc::clone(self);
         let waiter_key = key.clone();
         let spawned = std::thread::Builder::new()
