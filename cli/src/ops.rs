@@ -127,6 +127,22 @@ pub fn execute(
                 new: new.clone(),
             })?
         }
+        Request::Verify { rate_mib } => {
+            let started = std::time::Instant::now();
+            let rate = rate_mib.map(|r| r.max(1) as f64 * 1048576.0);
+            let report = store
+                .verify(&mut |done, _total| {
+                    // Throttle: stay at or below `rate` bytes of packs per second.
+                    if let Some(rate) = rate {
+                        let due = std::time::Duration::from_secs_f64(done as f64 / rate);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                })
+                .map_err(model)?;
+            serde_json::to_value(report)?
+        }
         Request::SnapshotHold { name, hold } => {
             store.snapshot_hold(name, *hold).map_err(model)?;
             serde_json::to_value(Held {

@@ -18,7 +18,7 @@ use crate::store::{State, Store};
 use crate::types::GenerationId;
 use crate::types::{FileKind, InodeNo};
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub blocks_checked: u64,
     pub bytes_checked: u64,
@@ -106,9 +106,10 @@ impl Store {
             ..Default::default()
         };
         let bad: HashSet<_> = b.bad_blocks.into_iter().collect();
-        let mut st = self.lock();
-        // Every tree: each branch's live tree and each snapshot.
-        let trees: Vec<(String, GenerationId)> = st
+        // Every tree: each branch's live tree and each snapshot. The state lock is taken
+        // per tree, so a mounted store keeps serving between them.
+        let trees: Vec<(String, GenerationId)> = self
+            .lock()
             .gens
             .all
             .iter()
@@ -120,7 +121,8 @@ impl Store {
             })
             .collect();
         for (label, g) in trees {
-            let view = st.gens.view(g)?;
+            let mut st = self.lock();
+            let Ok(view) = st.gens.view(g) else { continue }; // deleted meanwhile
             st.meta.set_view(&view);
             let mut problems = Vec::new();
             r.inodes_checked += self.verify_tree(&st, &bad, &mut problems)?;

@@ -36,6 +36,8 @@ fn flipped_byte_in_a_pack_gives_eio_and_verify_names_the_pack() {
     let mount = ts.mount();
     let data = random_bytes(31, 1 << 20); // incompressible: stored as is
     write_synced(&ts.path("victim.bin"), &data).unwrap();
+    strata_tests::strata(["snapshot", "create", ts.store.to_str().unwrap(), "before"])
+        .assert_success();
     let other = random_bytes(32, 4096);
     mount.unmount();
 
@@ -91,6 +93,26 @@ fn flipped_byte_in_a_pack_gives_eio_and_verify_names_the_pack() {
     // The rest of the store still works.
     write_synced(&ts.path("other.bin"), &other).unwrap();
     drop(file);
+    let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    // A scrub through the daemon while mounted finds it too, and names the file in every
+    // tree that holds it (the live tree and the snapshot).
+    let scrub = ts.verify();
+    assert_eq!(scrub.code(), Some(1), "scrub: {}", scrub.output());
+    for needle in [
+        pack_name.as_str(),
+        "/victim.bin: data at offset",
+        "snapshot before: /victim.bin",
+    ] {
+        assert!(
+            scrub.output().contains(needle),
+            "scrub output does not name {needle:?}:\n{}",
+            scrub.output()
+        );
+    }
+    assert!(
+        strata_tests::mounts::is_mounted(&ts.mnt),
+        "the scrub ended the mount"
+    );
     mount.unmount();
 
     let verify = ts.verify();
@@ -101,7 +123,6 @@ fn flipped_byte_in_a_pack_gives_eio_and_verify_names_the_pack() {
         verify.stdout,
         verify.stderr
     );
-    let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         verify.output().contains(&pack_name),
         "verify output does not name {pack_name}:\n{}",

@@ -1,27 +1,41 @@
-//! `strata verify STORE [--json]`: read and check every block and inode of an unmounted
-//! store. Progress on a terminal only; each problem on its own line; exit 1 if any.
+//! `strata verify STORE [--json] [--rate MIB]`: read and check every block and every tree
+//! (each branch and snapshot) of a store. Unmounted, the command opens the store and shows
+//! progress on a terminal; mounted, the daemon does it (a scrub) while the mounts keep
+//! serving, reading packs at most `--rate` MiB/s. Each problem on its own line, naming
+//! the file, offset and generation; exit 1 if any.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
+use strata_snapshot::VerifyReport;
 
+use crate::control::proto::Request;
 use crate::error::EXIT_FAILURE;
+use crate::session::{self, Route};
 use crate::size::format_human;
 use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The store directory (must not be mounted).
+    /// The store directory, or a mount point of it.
     #[arg(value_name = "STORE")]
     pub store: PathBuf,
 
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+
+    /// Read at most this many MiB/s of pack data (0: no limit). Default: 100 while the
+    /// store is mounted (the daemon scrubs beside the mounts), no limit otherwise.
+    #[arg(long, value_name = "MIB")]
+    pub rate: Option<u64>,
 }
+
+/// The scrub rate through a daemon when `--rate` is not given.
+const MOUNTED_RATE_MIB: u64 = 100;
 
 /// Draws `verifying: 42% (n/total)` on stderr, at most ten times a second.
 struct Progress {
@@ -68,11 +82,45 @@ impl Progress {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let (path, store) = store::open(&args.store)?;
-    let mut progress = Progress::new();
-    let result = store.verify(&mut |done, total| progress.update(done, total));
-    progress.clear();
-    let report = result.map_err(|err| anyhow!(err))?;
+    let target = session::resolve_store(&args.store)?;
+    let rate = match args.rate {
+        Some(0) => None,
+        Some(r) => Some(r),
+        None => Some(MOUNTED_RATE_MIB),
+    };
+    let request = Request::Verify { rate_mib: rate };
+    let (path, report) = match session::route(&target.store, &request)? {
+        Route::Daemon(response) => {
+            if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "verifying {} through its daemon (mounted){} ...",
+                    target.store.display(),
+                    rate.map(|r| format!(", at most {r} MiB/s"))
+                        .unwrap_or_default()
+                );
+            }
+            let report: VerifyReport = serde_json::from_value(session::into_result(response)?)
+                .context("unexpected reply from the strata daemon")?;
+            (target.store.clone(), report)
+        }
+        Route::Free => {
+            let (path, store) = store::open(&target.store)?;
+            let mut progress = Progress::new();
+            let started = Instant::now();
+            let limit = args.rate.filter(|r| *r > 0).map(|r| r as f64 * 1048576.0);
+            let result = store.verify(&mut |done, total| {
+                progress.update(done, total);
+                if let Some(limit) = limit {
+                    let due = Duration::from_secs_f64(done as f64 / limit);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            });
+            progress.clear();
+            (path, result.map_err(|err| anyhow!(err))?)
+        }
+    };
 
     if args.json {
         let mut value = serde_json::to_value(&report)?;

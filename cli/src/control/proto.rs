@@ -60,6 +60,12 @@ pub enum Request {
         old: String,
         new: String,
     },
+    /// Check every block and every tree (a scrub), reading packs at most `rate_mib`
+    /// MiB/s (None: as fast as the disk allows).
+    Verify {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_mib: Option<u64>,
+    },
     /// Hold (`hold: true`) or release a snapshot.
     SnapshotHold {
         name: String,
@@ -118,6 +124,7 @@ impl Request {
             Request::SnapshotDelete { .. } => "snapshot_delete",
             Request::SnapshotRename { .. } => "snapshot_rename",
             Request::SnapshotHold { .. } => "snapshot_hold",
+            Request::Verify { .. } => "verify",
             Request::SnapshotPrune { .. } => "snapshot_prune",
             Request::Rollback { .. } => "rollback",
             Request::Clone { .. } => "clone",
