@@ -127,6 +127,7 @@ pub fn execute(
                 new: new.clone(),
             })?
         }
+        Request::Stats => serde_json::to_value(store.stats().map_err(model)?)?,
         Request::Verify { rate_mib } => {
             let started = std::time::Instant::now();
             let rate = rate_mib.map(|r| r.max(1) as f64 * 1048576.0);

@@ -26,7 +26,7 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Bytes of file data in the live tree (holes excluded), before dedup and compression.
     pub logical_bytes: u64,

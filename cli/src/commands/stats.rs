@@ -1,17 +1,19 @@
-//! `strata stats STORE [--json] [--bytes]`: space use of an unmounted store.
+//! `strata stats STORE [--json] [--bytes]`: space use of a store (through its daemon when
+//! mounted).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use strata_snapshot::Stats;
 
+use crate::control::proto::Request;
+use crate::session;
 use crate::size::format_human;
-use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The store directory.
+    /// The store directory, or a mount point of it.
     #[arg(value_name = "STORE")]
     pub store: PathBuf,
 
@@ -25,8 +27,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let (path, store) = store::open(&args.store)?;
-    let stats = store.stats().map_err(|err| anyhow!(err))?;
+    let target = session::resolve_store(&args.store)?;
+    let path = target.store.clone();
+    let stats: Stats = session::run(&target.store, &Request::Stats)?;
     if args.json {
         let mut value = serde_json::to_value(&stats)?;
         if let Some(object) = value.as_object_mut() {

@@ -60,6 +60,8 @@ pub enum Request {
         old: String,
         new: String,
     },
+    /// The store's space figures (`strata stats`).
+    Stats,
     /// Check every block and every tree (a scrub), reading packs at most `rate_mib`
     /// MiB/s (None: as fast as the disk allows).
     Verify {
@@ -125,6 +127,7 @@ impl Request {
             Request::SnapshotRename { .. } => "snapshot_rename",
             Request::SnapshotHold { .. } => "snapshot_hold",
             Request::Verify { .. } => "verify",
+            Request::Stats => "stats",
             Request::SnapshotPrune { .. } => "snapshot_prune",
             Request::Rollback { .. } => "rollback",
             Request::Clone { .. } => "clone",
