@@ -262,12 +262,13 @@ mod prop {
             let pack = fx.pack(0);
             let f = OpenOptions::new().read(true).write(true).open(&pack).unwrap();
             let len = f.metadata().unwrap().len();
+            // Read before the cut, which may remove it.
+            let mut h = [0u8; RECORD_HEADER_LEN];
+            f.read_exact_at(&mut h, lb.offset).unwrap();
             f.set_len(synced_end + cut.min(len - synced_end)).unwrap();
             let mut junk = garbage.clone();
             if copy_header {
                 // A real record header whose payload is not what follows it.
-                let mut h = [0u8; RECORD_HEADER_LEN];
-                f.read_exact_at(&mut h, lb.offset).unwrap();
                 junk.splice(0..0, h);
             }
             f.write_all_at(&junk, synced_end + at).unwrap();
