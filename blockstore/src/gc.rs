@@ -363,6 +363,11 @@ fn commit_group(
         index::insert_all(&store.index, &group.moves)?;
     }
     commit_index()?;
+    tracing::info!(
+        moved = group.moves.len(),
+        packs = group.packs.len(),
+        "gc: moves committed, deleting the old packs"
+    );
     delete_packs(store, &group.packs)?;
     stats.packs_rewritten += group.packs.len() as u64;
     Ok(())
