@@ -1,9 +1,10 @@
 //! The block index: the sled tree mapping a block id (32-byte key) to its `Location`
 //! (21-byte value, layout in `layout.rs`).
 //!
-//! Invariants: an entry is inserted only by `sync`, after the pack bytes it points at
-//! were fsynced; entries are never changed in place. This module never flushes sled:
-//! the caller flushes after its own metadata commit (order: packs → index → metadata).
+//! Invariants: an entry is inserted by `sync`, or moved to a copy of its record by `gc`,
+//! only after the pack bytes it points at were fsynced; `gc` also removes the entries of
+//! dead blocks. This module never flushes sled: the caller flushes after its own
+//! metadata commit (order: packs → index → metadata).
 
 use std::path::Path;
 

@@ -20,11 +20,18 @@
 //!   the store never appends to a pack that existed before `open`.
 //! - `BlockStore` is `Send + Sync`; every method takes `&self`.
 //!
+//! - `gc` drops the index entries of blocks the caller's mark says are dead, deletes packs
+//!   with nothing live left, and rewrites packs whose live fraction fell low; an entry is
+//!   only ever pointed at fsynced bytes, and a pack is deleted only after the index change
+//!   that emptied it is durable (docs/packs.md, "Space reclamation").
+//!
 //! Modules: `layout` (byte layouts), `codec` (per-thread zstd), `record` (block ⇄
 //! record bytes), `index` (sled tree), `writer` (active pack), `scan` (reading packs
-//! without the index), `recovery` (open), `store` (the API), `verify`, `sync` (locks).
+//! without the index), `recovery` (open), `store` (the API), `verify`, `gc` (space
+//! reclamation), `sync` (locks).
 
 mod codec;
+mod gc;
 mod index;
 mod layout;
 mod record;
@@ -173,6 +180,60 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
     /// Ids of blocks found damaged or missing (so the caller can name affected files).
     pub bad_blocks: Vec<BlockId>,
+}
+
+/// How eagerly `gc` rewrites packs that still hold live blocks (packs with nothing live
+/// are always deleted).
+#[derive(Clone, Debug)]
+pub struct GcPolicy {
+    /// A pack whose live records are less than this fraction of its records (live and
+    /// dead, header and footer not counted) is rewritten.
+    pub min_live_fraction: f64,
+    /// Then, while the dead bytes left in the packs kept exceed this fraction of the
+    /// bytes of all packs after the gc, the least live pack is rewritten too (restic's
+    /// `--max-unused`). Keeps the store within this fraction of its live size.
+    pub max_unused_fraction: f64,
+}
+
+impl Default for GcPolicy {
+    /// Rewrite packs less than half live; then keep the dead bytes within 5%.
+    fn default() -> Self {
+        GcPolicy {
+            min_live_fraction: 0.5,
+            max_unused_fraction: 0.05,
+        }
+    }
+}
+
+/// What one `gc` did.
+#[derive(Clone, Debug, Default)]
+pub struct GcStats {
+    /// Sealed packs looked at (every pack that existed when the gc started).
+    pub packs_examined: u64,
+    /// Packs whose live records were copied into new packs, then deleted.
+    pub packs_rewritten: u64,
+    /// Packs deleted because nothing live was left in them.
+    pub packs_deleted: u64,
+    /// Index entries of live blocks.
+    pub blocks_live: u64,
+    /// Index entries of dead blocks, removed.
+    pub blocks_dropped: u64,
+    /// Live records copied, and their bytes (headers included).
+    pub blocks_moved: u64,
+    pub bytes_moved: u64,
+    /// Total size of the pack files before and after.
+    pub pack_bytes_before: u64,
+    pub pack_bytes_after: u64,
+    /// Damaged records found while copying (not copied; their packs are kept), one line
+    /// each naming the pack file and offset.
+    pub problems: Vec<String>,
+}
+
+impl GcStats {
+    /// How much the pack files shrank.
+    pub fn freed_bytes(&self) -> u64 {
+        self.pack_bytes_before.saturating_sub(self.pack_bytes_after)
+    }
 }
 
 /// True when every byte of `data` is zero (such blocks are holes, not stored).

@@ -15,15 +15,15 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::index;
 use crate::layout::{Location, RecordHeader, MAX_BLOCK_LEN, RECORD_HEADER_LEN};
 use crate::record::{self, EncodedRecord};
 use crate::recovery;
 use crate::sync::{lock, read, write, Arc, Mutex, RwLock};
-use crate::writer::PackWriter;
-use crate::{BlockId, Config, Error, PackId, Result, Stats, VerifyReport};
+use crate::writer::{PackWriter, SyncPlan};
+use crate::{BlockId, Config, Error, GcPolicy, GcStats, PackId, Result, Stats, VerifyReport};
 
 /// Read handles kept open at most; past this the cache starts over.
 const MAX_OPEN_READERS: usize = 256;
@@ -34,16 +34,22 @@ pub struct BlockStore {
     pub(crate) dir: PathBuf,
     pub(crate) index: sled::Tree,
     level: i32,
-    /// Serialises `sync`; first in the lock order.
-    sync_lock: Mutex<()>,
+    /// Serialises `sync` and `gc`; first in the lock order.
+    pub(crate) sync_lock: Mutex<()>,
     /// The active pack. Second in the lock order.
     pub(crate) writer: Mutex<PackWriter>,
     /// True once the writer failed for good (lock-free check for `put`).
     failed: Arc<AtomicBool>,
     /// Blocks appended since the last sync, id → location. Third in the lock order.
     pub(crate) pending: RwLock<HashMap<BlockId, Location>>,
-    /// Read-only handles by pack. Last in the lock order.
-    readers: RwLock<HashMap<PackId, Arc<File>>>,
+    /// Read-only handles by pack. Last in the lock order. A handle is opened and
+    /// inserted under the write lock, and `gc` deletes a pack file and its handle under
+    /// the write lock too, so no handle of a deleted pack outlives the deletion (an open
+    /// handle would keep the file's space allocated).
+    pub(crate) readers: RwLock<HashMap<PackId, Arc<File>>>,
+    /// Odd while a `gc` may be moving entries or deleting packs; bumped at its start and
+    /// end. `verify` runs again when it changed meanwhile (a scrub runs beside a gc).
+    pub(crate) gc_epoch: AtomicU64,
 }
 
 // Used from many threads at once (`&self` everywhere).
@@ -78,6 +84,7 @@ impl BlockStore {
             writer: Mutex::new(writer),
             pending: RwLock::new(HashMap::new()),
             readers: RwLock::new(HashMap::new()),
+            gc_epoch: AtomicU64::new(0),
         })
     }
 
@@ -122,15 +129,46 @@ impl BlockStore {
     }
 
     pub fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
-        match self.location(id)? {
-            Some(loc) => self.read_block(id, &loc),
-            None => Err(Error::NotFound(*id)),
+        let Some(mut loc) = self.location(id)? else {
+            return Err(Error::NotFound(*id));
+        };
+        loop {
+            match self.read_block(id, &loc) {
+                Ok(data) => return Ok(data),
+                Err(e) => {
+                    // A gc may have moved the block and deleted its old pack between the
+                    // lookup and the read: follow the entry to its new place.
+                    match self.location(id)? {
+                        Some(now) if now != loc => loc = now,
+                        _ => {
+                            if let Error::Corrupt {
+                                path,
+                                offset,
+                                detail,
+                            } = &e
+                            {
+                                tracing::error!(path = %path.display(), offset, block = %id,
+                                    "corrupt block: {detail}");
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            }
         }
     }
 
     /// Bytes the block takes in its pack (compressed payload), if stored.
     pub fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
         Ok(self.location(id)?.map(|l| u64::from(l.stored_len)))
+    }
+
+    /// Bytes of the block's whole record (header and payload), if stored: what the
+    /// packs shrink by once the block is dropped and its pack rewritten.
+    pub fn record_len(&self, id: &BlockId) -> Result<Option<u64>> {
+        Ok(self
+            .location(id)?
+            .map(|l| RECORD_HEADER_LEN as u64 + u64::from(l.stored_len)))
     }
 
     pub fn contains(&self, id: &BlockId) -> Result<bool> {
@@ -140,6 +178,11 @@ impl BlockStore {
     /// Makes every block put so far durable, then indexes it (sled is not flushed).
     pub fn sync(&self) -> Result<()> {
         let _serial = lock(&self.sync_lock);
+        self.sync_locked()
+    }
+
+    /// `sync` for a caller that holds `sync_lock`.
+    pub(crate) fn sync_locked(&self) -> Result<()> {
         let (plan, batch) = {
             let mut writer = lock(&self.writer);
             let plan = writer.plan_sync()?;
@@ -149,10 +192,7 @@ impl BlockStore {
                 .collect();
             (plan, batch)
         };
-        if let Err((path, e)) = plan.run() {
-            lock(&self.writer).fail(&path, format!("fsync: {e}"));
-            return Err(Error::Io { path, source: e });
-        }
+        self.run_sync_plan(plan)?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -162,6 +202,33 @@ impl BlockStore {
             pending.remove(id);
         }
         Ok(())
+    }
+
+    /// Runs a sync plan; a failed fsync fails the writer for good.
+    pub(crate) fn run_sync_plan(&self, plan: SyncPlan) -> Result<()> {
+        if let Err((path, e)) = plan.run() {
+            lock(&self.writer).fail(&path, format!("fsync: {e}"));
+            return Err(Error::Io { path, source: e });
+        }
+        Ok(())
+    }
+
+    /// Reclaims the space of blocks that `is_live` says nobody references any more; see
+    /// `gc.rs` and docs/packs.md ("Space reclamation"). `commit_index` must make the
+    /// index tree durable (flush sled and fsync its files); it is called after each index
+    /// change and before any pack file is deleted.
+    ///
+    /// The caller guarantees that no block is put while this runs and that `is_live`
+    /// holds for every block it references or will reference: a dead block's entry is
+    /// removed, and a put that deduplicated against it meanwhile would name a block
+    /// that is gone.
+    pub fn gc(
+        &self,
+        is_live: &dyn Fn(&BlockId) -> bool,
+        policy: &GcPolicy,
+        commit_index: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<GcStats> {
+        crate::gc::run(self, is_live, policy, commit_index)
     }
 
     /// Counts over the index and pending blocks (a walk of the whole index) and the
@@ -295,25 +362,27 @@ impl BlockStore {
         if let Some(f) = read(&self.readers).get(&pack) {
             return Ok(f.clone());
         }
-        let file = Arc::new(File::open(path)?);
+        // Opened under the write lock: see `readers`.
         let mut readers = write(&self.readers);
+        if let Some(f) = readers.get(&pack) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(File::open(path)?);
         if readers.len() >= MAX_OPEN_READERS {
             readers.clear();
         }
-        Ok(readers.entry(pack).or_insert(file).clone())
+        readers.insert(pack, file.clone());
+        Ok(file)
     }
 
     /// Reads and checks the record of `id` at `loc`: never returns wrong bytes.
-    fn read_block(&self, id: &BlockId, loc: &Location) -> Result<Vec<u8>> {
+    pub(crate) fn read_block(&self, id: &BlockId, loc: &Location) -> Result<Vec<u8>> {
         let path = self.pack_path(loc.pack);
-        let corrupt = |detail: String| {
-            tracing::error!(path = %path.display(), offset = loc.offset, block = %id,
-                "corrupt block: {detail}");
-            Error::Corrupt {
-                path: path.clone(),
-                offset: loc.offset,
-                detail,
-            }
+        // Logged by `get` once it is sure the block has not just moved.
+        let corrupt = |detail: String| Error::Corrupt {
+            path: path.clone(),
+            offset: loc.offset,
+            detail,
         };
         let read_at = |file: &File, buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
             Ok(()) => Ok(()),

@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use crate::index::{self, Entry};
 use crate::layout::{Location, FOOTER_LEN, PACK_HEADER_LEN};
@@ -37,7 +38,25 @@ struct PackToCheck {
     active: bool,
 }
 
+/// Verifies again when a gc moved entries or deleted packs meanwhile (a scrub of a
+/// mounted store may run beside one): its findings could be entries that were just
+/// moved. After `ATTEMPTS` the last report stands.
 pub(crate) fn run(store: &BlockStore, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let before = store.gc_epoch.load(Ordering::SeqCst);
+        let report = run_once(store, progress)?;
+        let quiet = before.is_multiple_of(2) && store.gc_epoch.load(Ordering::SeqCst) == before;
+        if quiet || attempt == ATTEMPTS {
+            return Ok(report);
+        }
+        tracing::info!(attempt, "a gc ran during verify; verifying again");
+        attempt += 1;
+    }
+}
+
+fn run_once(store: &BlockStore, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     // Index first, then pending, then the writer's extent: every entry then points
     // below the extent, whatever is appended or synced meanwhile.

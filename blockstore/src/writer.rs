@@ -63,6 +63,9 @@ pub(crate) struct Faults {
     pub space_left: Option<u64>,
     /// Every fsync fails with EIO.
     pub fail_fsync: bool,
+    /// `gc` stops as a kill -9 would right after making an index change durable, before
+    /// deleting the pack files it made garbage.
+    pub gc_crash_before_delete: bool,
 }
 
 pub(crate) struct SyncFile {
@@ -293,6 +296,14 @@ impl PackWriter {
             dir,
             fail_fsync: self.faults.fail_fsync,
         })
+    }
+
+    /// Seals the active pack (the next append starts a new one) and returns what a sync
+    /// must then fsync. Used by `gc`, which only rewrites sealed packs.
+    pub fn seal_now(&mut self) -> Result<SyncPlan> {
+        self.check()?;
+        self.seal_active()?;
+        self.plan_sync()
     }
 
     /// Seals the active pack and fsyncs what is unsynced. Only the first call acts.

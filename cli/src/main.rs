@@ -46,6 +46,8 @@ enum Command {
     Verify(commands::verify::Args),
     /// Show space use: logical and stored bytes, dedup and compression ratios.
     Stats(commands::stats::Args),
+    /// Free the blocks nothing references any more and give their disk space back.
+    Gc(commands::gc::Args),
     /// Create, list, delete and rename snapshots (read-only generations).
     Snapshot(commands::snapshot::Args),
     /// Make a branch's live tree the content of a snapshot (the state before is kept).
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Umount(args) => commands::umount::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
+        Command::Gc(args) => commands::gc::run(&args),
         Command::Snapshot(args) => commands::snapshot::run(&args),
         Command::Rollback(args) => commands::rollback::run(&args),
         Command::Clone(args) => commands::clone::run(&args),
@@ -150,5 +153,7 @@ mod tests {
         assert!(Cli::try_parse_from(["strata", "clone", "/s", "a", "b"]).is_ok());
         assert!(Cli::try_parse_from(["strata", "branch", "list", "/s", "--json"]).is_ok());
         assert!(Cli::try_parse_from(["strata", "history", "/m/f", "--bytes"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "gc", "/s", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["strata", "gc"]).is_err());
     }
 }

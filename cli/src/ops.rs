@@ -144,6 +144,7 @@ pub fn execute(
                 .map_err(model)?;
             serde_json::to_value(report)?
         }
+        Request::Gc => serde_json::to_value(store.gc().map_err(model)?)?,
         Request::SnapshotHold { name, hold } => {
             store.snapshot_hold(name, *hold).map_err(model)?;
             serde_json::to_value(Held {

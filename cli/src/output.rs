@@ -8,7 +8,7 @@
 //! (`--bytes`; JSON is always exact).
 
 use serde::Serialize;
-use strata_snapshot::utc_stamp;
+use strata_snapshot::{utc_stamp, GcReport};
 
 use crate::control::proto::{
     Branch, Deleted, Diff, Held, History, Pruned, Renamed, RolledBack, Snapshot,
@@ -188,11 +188,29 @@ pub fn snapshot_deleted(d: &Deleted) -> String {
         format!("would free {} ({} bytes)\n", format_human(d.bytes), d.bytes)
     } else {
         format!(
-            "deleted snapshot {}; {} is no longer referenced (this version keeps the disk space: reclamation is not implemented yet)\n",
+            "deleted snapshot {}; {} is no longer referenced and returns to the disk at the next `strata gc`\n",
             d.name,
             format_human(d.bytes)
         )
     }
+}
+
+/// `gc`: one summary line, then one line per problem.
+pub fn gc_report(r: &GcReport, exact: bool) -> String {
+    let mut out = format!(
+        "gc: {} pack{} examined, {} rewritten, {} deleted; {} freed (store packs {} -> {})\n",
+        r.packs_examined,
+        if r.packs_examined == 1 { "" } else { "s" },
+        r.packs_rewritten,
+        r.packs_deleted,
+        size(r.freed_bytes, exact),
+        size(r.pack_bytes_before, exact),
+        size(r.pack_bytes_after, exact),
+    );
+    for p in &r.problems {
+        out.push_str(&format!("problem: {}\n", crate::error::one_line(p)));
+    }
+    out
 }
 
 /// `snapshot hold` / `snapshot release`.
@@ -456,6 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn gc_summary() {
+        let r = GcReport {
+            packs_examined: 12,
+            packs_rewritten: 3,
+            packs_deleted: 2,
+            pack_bytes_before: 3 << 30,
+            pack_bytes_after: 2 << 30,
+            freed_bytes: 1 << 30,
+            ..GcReport::default()
+        };
+        assert_eq!(
+            gc_report(&r, false),
+            "gc: 12 packs examined, 3 rewritten, 2 deleted; 1 GiB freed (store packs 3 GiB -> 2 GiB)\n"
+        );
+        let r = GcReport {
+            packs_examined: 1,
+            problems: vec!["/s/packs/00000001.pack offset 16: block x is damaged".into()],
+            ..r
+        };
+        let text = gc_report(&r, true);
+        assert!(text.starts_with("gc: 1 pack examined"), "{text}");
+        assert!(text.contains("1073741824 freed"), "{text}");
+        assert!(
+            text.ends_with("problem: /s/packs/00000001.pack offset 16: block x is damaged\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn lines_of_the_simple_commands() {
         let d = Deleted {
             name: "x".into(),
@@ -469,7 +516,7 @@ mod tests {
         };
         assert_eq!(
             snapshot_deleted(&d),
-            "deleted snapshot x; 1.2 MiB is no longer referenced (this version keeps the disk space: reclamation is not implemented yet)\n"
+            "deleted snapshot x; 1.2 MiB is no longer referenced and returns to the disk at the next `strata gc`\n"
         );
         let r = RolledBack {
             branch: "main".into(),

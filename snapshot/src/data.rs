@@ -246,6 +246,8 @@ impl Volume {
     }
 
     pub fn read(&self, ino: InodeNo, offset: u64, size: u32) -> Result<Vec<u8>> {
+        // Held until the blocks looked up below are fetched (see `Store::gc_fence`).
+        let _fence = self.gc_fence.read().unwrap_or_else(|p| p.into_inner());
         let st = self.lock();
         let rec = st.load_inode(ino)?;
         match rec.kind {
@@ -275,6 +277,11 @@ impl Volume {
             pos += n as u64;
         }
         drop(st);
+        #[cfg(test)]
+        std::thread::sleep(std::time::Duration::from_micros(
+            self.read_pause_us
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ));
         for (id, boff, o, n) in fetch {
             let data = self.blocks.get(&id).inspect_err(|e| {
                 tracing::error!(ino = ino.0, offset = offset + o as u64, error = %e, "block read failed");

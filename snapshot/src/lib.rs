@@ -18,6 +18,7 @@ mod data;
 mod diff;
 mod durable;
 mod error;
+mod gc;
 mod generation;
 mod inode;
 mod keys;
@@ -36,6 +37,7 @@ pub use attrs::XattrFlags;
 pub use config::{StoreConfig, FORMAT_VERSION};
 pub use diff::{DiffEntry, HistoryEntry};
 pub use error::{Error, Result};
+pub use gc::GcReport;
 pub use generation::MAIN_BRANCH;
 pub use retention::{Candidate, Decision, KeepPolicy};
 pub use snapshots::{

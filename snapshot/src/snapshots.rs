@@ -10,16 +10,20 @@
 //!   generation whose parent is S heads the branch. Nothing is destroyed.
 //! - clone: a new branch whose live generation's parent is a snapshot.
 //! - delete: the snapshot loses its name (state deleted); its records stay visible to its
-//!   descendants until flattening folds them away.
+//!   descendants until flattening folds them away; blocks no kept tree references any
+//!   more are reclaimed by the next gc (`gc.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+use strata_blockstore::BlockId;
 
 use crate::codec::InodeRecord;
 use crate::error::{Error, Result};
-use crate::generation::{GenerationRecord, MAIN_BRANCH, STATE_DELETED, STATE_FROZEN, STATE_LIVE};
+use crate::generation::{
+    GenerationRecord, View, MAIN_BRANCH, STATE_DELETED, STATE_FROZEN, STATE_LIVE,
+};
 use crate::keys;
 use crate::store::{State, Store};
 use crate::types::{GenerationId, InodeNo, Timestamp, NAME_MAX};
@@ -43,10 +47,11 @@ pub struct SnapshotInfo {
 #[derive(Clone, Debug, Serialize)]
 pub struct SnapshotUsage {
     pub name: String,
-    /// Stored (compressed) bytes of the blocks the snapshot's files reference.
+    /// Stored bytes (record header + compressed payload) of the blocks the snapshot's
+    /// files reference.
     pub referenced_bytes: u64,
     /// Stored bytes of the blocks no other snapshot or branch references: what deleting
-    /// the snapshot would free.
+    /// the snapshot frees at the next gc.
     pub exclusive_bytes: u64,
     /// Inodes in the snapshot's tree (files, directories, links, ...).
     pub files: u64,
@@ -299,7 +304,7 @@ impl Store {
     }
 
     /// Deletes snapshot `name` (unless `dry_run`); returns the bytes that no other
-    /// snapshot or branch references (what reclamation frees).
+    /// snapshot or branch references (what the next gc frees).
     pub fn snapshot_delete(&self, name: &str, dry_run: bool) -> Result<u64> {
         let g = self.snapshot_gen(name)?;
         if self.is_held(g)? {
@@ -457,79 +462,65 @@ impl Store {
     }
 
     /// Per snapshot and branch head: referenced and exclusive stored bytes and inode
-    /// counts. One pass over every block-map and inode record of every generation.
+    /// counts. One pass over every block-map and inode record of every generation (the
+    /// same visibility pass as gc's mark, `visible_blocks`).
     pub(crate) fn usage(&self) -> Result<HashMap<GenerationId, SnapshotUsage>> {
         let mut st = self.lock();
         self.commit_locked(&mut st)?;
-        let targets: Vec<(GenerationId, crate::generation::View, String)> = st
-            .gens
-            .all
-            .iter()
-            .filter(|(_, r)| r.state != STATE_DELETED)
-            .map(|(g, r)| Ok((*g, st.gens.view(*g)?, r.name.clone())))
-            .collect::<Result<_>>()?;
-        let mut out: HashMap<GenerationId, SnapshotUsage> = targets
-            .iter()
-            .map(|(g, _, n)| {
-                (
-                    *g,
-                    SnapshotUsage {
-                        name: n.clone(),
-                        referenced_bytes: 0,
-                        exclusive_bytes: 0,
-                        files: 0,
-                    },
-                )
-            })
-            .collect();
-        // block id -> (the one target referencing it, or None when shared)
-        let mut owner: HashMap<[u8; 32], Option<GenerationId>> = HashMap::new();
-        let mut sizes: HashMap<[u8; 32], u64> = HashMap::new();
+        let targets = kept_trees(&st)?;
         let blocks = st.meta.all_versions(&[keys::BLOCK])?;
         let inodes = st.meta.all_versions(&[keys::INODE])?;
         drop(st);
-        for group in blocks.chunk_by(|a, b| a.0 == b.0) {
-            for (t, view, _) in &targets {
-                let visible = group.iter().rev().find(|(_, g, _)| view.sees(*g));
-                let Some((_, _, Some(v))) = visible else {
-                    continue;
-                };
-                let id = crate::codec::decode_block(v)?;
-                let size = match sizes.get(&id.0) {
-                    Some(s) => *s,
-                    None => {
-                        let s = self.blocks.stored_len(&id)?.unwrap_or(0);
-                        sizes.insert(id.0, s);
-                        s
+        let mut usage: Vec<SnapshotUsage> = targets
+            .iter()
+            .map(|(_, _, n)| SnapshotUsage {
+                name: n.clone(),
+                referenced_bytes: 0,
+                exclusive_bytes: 0,
+                files: 0,
+            })
+            .collect();
+        let views: Vec<View> = targets.iter().map(|(_, v, _)| v.clone()).collect();
+        // block id -> (the one target referencing it, or None when shared)
+        let mut owner: HashMap<BlockId, Option<usize>> = HashMap::new();
+        let mut sizes: HashMap<BlockId, u64> = HashMap::new();
+        visible_blocks(&blocks, &views, |t, id| {
+            let size = match sizes.get(&id) {
+                Some(s) => *s,
+                None => {
+                    // The whole record: what the packs shrink by once it is reclaimed.
+                    let s = self.blocks.record_len(&id)?.unwrap_or(0);
+                    sizes.insert(id, s);
+                    s
+                }
+            };
+            usage[t].referenced_bytes += size;
+            owner
+                .entry(id)
+                .and_modify(|o| {
+                    if *o != Some(t) {
+                        *o = None
                     }
-                };
-                out.get_mut(t).unwrap().referenced_bytes += size;
-                owner
-                    .entry(id.0)
-                    .and_modify(|o| {
-                        if *o != Some(*t) {
-                            *o = None
-                        }
-                    })
-                    .or_insert(Some(*t));
-            }
-        }
+                })
+                .or_insert(Some(t));
+            Ok(())
+        })?;
         for (id, o) in owner {
             if let Some(t) = o {
-                out.get_mut(&t).unwrap().exclusive_bytes += sizes[&id];
+                usage[t].exclusive_bytes += sizes[&id];
             }
         }
         for group in inodes.chunk_by(|a, b| a.0 == b.0) {
-            for (t, view, _) in &targets {
+            for (t, view) in views.iter().enumerate() {
                 let visible = group.iter().rev().find(|(_, g, _)| view.sees(*g));
                 if let Some((_, _, Some(v))) = visible {
                     if InodeRecord::decode(v)?.nlink > 0 {
-                        out.get_mut(t).unwrap().files += 1;
+                        usage[t].files += 1;
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(targets.iter().map(|(g, _, _)| *g).zip(usage).collect())
     }
 
     /// `snapshots()` with their space and file counts.
@@ -551,6 +542,39 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// The trees whose blocks are kept: every generation that is not deleted (branch heads
+/// and snapshots), with its view and snapshot name. A deleted generation's records that
+/// a descendant still sees are covered through the descendant's view.
+pub(crate) fn kept_trees(st: &State) -> Result<Vec<(GenerationId, View, String)>> {
+    st.gens
+        .all
+        .iter()
+        .filter(|(_, r)| r.state != STATE_DELETED)
+        .map(|(g, r)| Ok((*g, st.gens.view(*g)?, r.name.clone())))
+        .collect()
+}
+
+/// The one visibility pass over block maps, shared by space accounting and gc's mark:
+/// `versions` are all versions of all `B` records (`Meta::all_versions`, in key order);
+/// for each record base and each tree `views[t]` whose visible version of it names a
+/// block (not a tombstone), calls `f(t, block)`.
+pub(crate) fn visible_blocks(
+    versions: &[crate::meta::Version],
+    views: &[View],
+    mut f: impl FnMut(usize, BlockId) -> Result<()>,
+) -> Result<()> {
+    for group in versions.chunk_by(|a, b| a.0 == b.0) {
+        for (t, view) in views.iter().enumerate() {
+            // Versions ascend by generation; the highest one the view sees wins.
+            let visible = group.iter().rev().find(|(_, g, _)| view.sees(*g));
+            if let Some((_, _, Some(v))) = visible {
+                f(t, crate::codec::decode_block(v)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn head_of(st: &State, branch: &str) -> Result<GenerationId> {

@@ -3,13 +3,15 @@
 //!
 //! Locking: `state` (one mutex) guards all metadata and buffered data. Block fetches and
 //! decompression for reads of committed data run outside it. The background committer
-//! takes the same mutex to commit. Lock order: `state` before the blockstore's internal
-//! locks; nothing takes `state` while holding a blockstore lock.
+//! takes the same mutex to commit. `gc_fence` keeps a gc from dropping a block between a
+//! read's lookup and its fetch. Lock order: `gc_fence` before `state` before the
+//! blockstore's internal locks; nothing takes `state` while holding a blockstore lock,
+//! nor `gc_fence` while holding `state`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -73,6 +75,13 @@ pub struct Store {
     pub(crate) config: StoreConfig,
     pub(crate) blocks: BlockStore,
     pub(crate) state: Mutex<State>,
+    /// Taken for writing by `gc` (before `state`), for reading by a file read from its
+    /// block-map lookup to the end of its block fetches (before `state`): a block a read
+    /// looked up is not dropped by a gc before the read fetched it.
+    pub(crate) gc_fence: RwLock<()>,
+    /// Tests: a pause between a read's block-map lookup and its block fetches.
+    #[cfg(test)]
+    pub(crate) read_pause_us: std::sync::atomic::AtomicU64,
     background: Mutex<Option<JoinHandle<()>>>,
     wake: Condvar,
     stop: AtomicBool,
@@ -234,6 +243,9 @@ impl Store {
                 poisoned: None,
                 partial_writes: HashMap::new(),
             }),
+            gc_fence: RwLock::new(()),
+            #[cfg(test)]
+            read_pause_us: Default::default(),
             background: Mutex::new(None),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),

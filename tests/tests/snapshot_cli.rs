@@ -306,6 +306,7 @@ fn changing_commands_print_the_same_mounted_and_unmounted() {
             vec!["snapshot", "list", store, "--bytes"],
             vec!["branch", "delete", store, "b1"],
             vec!["branch", "list", store],
+            vec!["gc", store],
         ];
         steps
             .iter()
@@ -325,13 +326,18 @@ fn changing_commands_print_the_same_mounted_and_unmounted() {
     assert_eq!(first[2], "renamed snapshot s2 to s3\n");
     assert_eq!(
         first[4],
-        "deleted snapshot s3; 0 B is no longer referenced (this version keeps the disk space: reclamation is not implemented yet)\n"
+        "deleted snapshot s3; 0 B is no longer referenced and returns to the disk at the next `strata gc`\n"
     );
     assert!(first[6].contains("of branch b1"), "{}", first[6]);
     assert!(first[8].starts_with(
         "rolled back branch main to s1; the previous state is kept as snapshot pre-rollback-"
     ));
     assert_eq!(first[10], "deleted branch b1\n");
+    assert!(
+        first[12].starts_with("gc: ") && first[12].contains(" freed (store packs "),
+        "{}",
+        first[12]
+    );
     m.unmount();
 }
 

@@ -4,6 +4,7 @@
 
 mod corruption;
 mod crash;
+mod gc;
 mod nospace;
 mod roundtrip;
 

@@ -24,7 +24,7 @@ pub enum Command {
     Create(CreateArgs),
     /// List snapshots with their space use.
     List(ListArgs),
-    /// Delete a snapshot (its space is reclaimed once nothing else references it).
+    /// Delete a snapshot (what nothing else references returns at the next `strata gc`).
     Delete(DeleteArgs),
     /// Rename a snapshot.
     Rename(RenameArgs),

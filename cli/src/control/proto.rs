@@ -113,6 +113,8 @@ pub enum Request {
         mount_point: String,
         path: String,
     },
+    /// Reclaim the space of blocks nothing references (`strata_snapshot::GcReport`).
+    Gc,
 }
 
 impl Request {
@@ -135,6 +137,7 @@ impl Request {
             Request::BranchDelete { .. } => "branch_delete",
             Request::Diff { .. } => "diff",
             Request::History { .. } => "history",
+            Request::Gc => "gc",
         }
     }
 }
@@ -405,6 +408,10 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Ping).unwrap(),
             r#"{"op":"ping"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Gc).unwrap(),
+            r#"{"op":"gc"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
     }

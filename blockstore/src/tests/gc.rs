@@ -1,0 +1,362 @@
+//! Space reclamation: rewritten packs keep every live block readable and verified, dead
+//! blocks leave the index, packs with nothing live are deleted, a crash between the index
+//! commit and the pack deletion leaves a store that opens and verifies clean (and whose
+//! next gc deletes the leftover), damaged records are never copied, a full disk still
+//! frees what needs no copy, and reads running beside a gc follow the moved blocks.
+
+use std::collections::HashSet;
+
+use super::*;
+use crate::layout::{FOOTER_LEN, PACK_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::{GcPolicy, GcStats};
+
+/// Block `i` of the tests: alternately compressible and not, of varied sizes.
+fn block(i: u64) -> Vec<u8> {
+    let len = 3000 + (i as usize * 997) % 9000;
+    if i.is_multiple_of(2) {
+        text(i, len)
+    } else {
+        noise(i, len)
+    }
+}
+
+fn record_len(store: &BlockStore, id: &BlockId) -> u64 {
+    RECORD_HEADER_LEN as u64 + u64::from(location(store, id).stored_len)
+}
+
+/// Runs a gc with the default policy; the index is made durable by flushing sled.
+fn gc(store: &BlockStore, fx: &Fixture, live: &HashSet<BlockId>) -> crate::Result<GcStats> {
+    let tree = fx.tree();
+    store.gc(&|id| live.contains(id), &GcPolicy::default(), &mut || {
+        tree.flush()?;
+        Ok(())
+    })
+}
+
+fn index_ids(fx: &Fixture) -> HashSet<BlockId> {
+    fx.tree()
+        .iter()
+        .keys()
+        .map(|k| BlockId(<[u8; 32]>::try_from(&k.unwrap()[..]).unwrap()))
+        .collect()
+}
+
+/// Puts blocks `range`, syncs; returns their ids.
+fn put_blocks(store: &BlockStore, range: std::ops::Range<u64>) -> Vec<BlockId> {
+    let ids = range.map(|i| store.put(&block(i)).unwrap()).collect();
+    store.sync().unwrap();
+    ids
+}
+
+#[test]
+fn a_rewritten_pack_keeps_every_live_block() {
+    let mut fx = Fixture::new();
+    let store = fx.open();
+    let ids = put_blocks(&store, 0..60);
+    // A third live: pack 0 is rewritten.
+    let live: HashSet<BlockId> = ids.iter().step_by(3).copied().collect();
+    let dead_bytes: u64 = ids
+        .iter()
+        .filter(|id| !live.contains(id))
+        .map(|id| record_len(&store, id))
+        .sum();
+    let stats = gc(&store, &fx, &live).unwrap();
+    assert_eq!(
+        (
+            stats.packs_examined,
+            stats.packs_rewritten,
+            stats.packs_deleted
+        ),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.blocks_live, live.len() as u64);
+    assert_eq!(stats.blocks_dropped, (ids.len() - live.len()) as u64);
+    assert_eq!(stats.blocks_moved, live.len() as u64);
+    assert!(stats.problems.is_empty());
+    // Before: pack 0 unsealed (header + records). After: the new pack 1, unsealed, with
+    // the live records only. Exactly the dead records are gone.
+    assert_eq!(stats.freed_bytes(), dead_bytes);
+    assert!(!fx.pack(0).exists(), "the old pack is deleted");
+    assert_eq!(fx.pack_files(), vec![fx.pack(1)]);
+    assert_eq!(index_ids(&fx), live);
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+            assert_eq!(location(&store, id).pack, PackId(1));
+        } else {
+            assert!(matches!(store.get(id), Err(Error::NotFound(_))), "{i}");
+            assert!(!store.contains(id).unwrap());
+        }
+    }
+    verify_clean(&store);
+    // Writing goes on (a dead block can be stored again), and all of it survives a
+    // restart.
+    let again = store.put(&block(1)).unwrap();
+    assert_eq!(again, ids[1]);
+    store.sync().unwrap();
+    drop(store);
+    fx.restart_index();
+    let store = fx.open();
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) || i == 1 {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+        }
+    }
+    verify_clean(&store);
+    // A second gc with the same live set finds nothing more to do but the re-put block.
+    let mut live2 = live.clone();
+    live2.insert(ids[1]);
+    let stats = gc(&store, &fx, &live2).unwrap();
+    assert_eq!(
+        (
+            stats.packs_rewritten,
+            stats.packs_deleted,
+            stats.blocks_dropped
+        ),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn dead_packs_are_deleted_and_live_ones_left_alone() {
+    let fx = Fixture::new();
+    let store = fx.open_with(Config {
+        compression_level: 3,
+        max_pack_size: 64 << 10,
+    });
+    let ids = put_blocks(&store, 0..40);
+    let packs: Vec<PackId> = {
+        let mut v: Vec<PackId> = ids.iter().map(|id| location(&store, id).pack).collect();
+        v.dedup();
+        v
+    };
+    assert!(packs.len() >= 3, "{packs:?}");
+    // Everything in the first pack dead, the rest live.
+    let live: HashSet<BlockId> = ids
+        .iter()
+        .filter(|id| location(&store, id).pack != packs[0])
+        .copied()
+        .collect();
+    let second = fx.pack(packs[1].0);
+    let before = std::fs::read(&second).unwrap();
+    let stats = gc(&store, &fx, &live).unwrap();
+    assert_eq!(
+        (stats.packs_deleted, stats.packs_rewritten),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert!(!fx.pack(packs[0].0).exists());
+    assert_eq!(std::fs::read(&second).unwrap(), before, "untouched");
+    // The active pack was sealed (its footer is all it gained).
+    let last = fx.pack(packs[packs.len() - 1].0);
+    assert_sealed(&last);
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+        }
+    }
+    assert_eq!(index_ids(&fx), live);
+    verify_clean(&store);
+    // Nothing live at all: every pack goes.
+    let stats = gc(&store, &fx, &HashSet::new()).unwrap();
+    assert_eq!(stats.packs_deleted as usize, packs.len() - 1);
+    assert!(fx.pack_files().is_empty());
+    assert_eq!(stats.pack_bytes_after, 0);
+    assert!(fx.tree().is_empty());
+    verify_clean(&store);
+}
+
+#[test]
+fn a_crash_between_the_index_commit_and_the_pack_deletion() {
+    let mut fx = Fixture::new();
+    let store = fx.open();
+    let ids = put_blocks(&store, 0..30);
+    let live: HashSet<BlockId> = ids.iter().step_by(4).copied().collect();
+    store.with_faults(|f| f.gc_crash_before_delete = true);
+    let err = gc(&store, &fx, &live).unwrap_err().to_string();
+    assert!(err.contains("simulated crash"), "{err}");
+    store.crash();
+    fx.restart_index();
+    // The old pack is still there, but nothing points into it: the moved entries'
+    // change reached the disk before the deletion would have.
+    assert!(fx.pack(0).exists());
+    let store = fx.open();
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+            assert_eq!(location(&store, id).pack, PackId(1));
+        } else {
+            assert!(matches!(store.get(id), Err(Error::NotFound(_))));
+        }
+    }
+    assert_eq!(index_ids(&fx), live);
+    // The new pack was left unsealed by the crash; open sealed it.
+    assert_eq!(assert_sealed(&fx.pack(1)).record_count, live.len() as u64);
+    verify_clean(&store);
+    // The stale copies in pack 0 are never served, and a block whose only valid record
+    // is there is stored anew on a put (not found by dedup).
+    let dead = ids[1];
+    assert!(!store.contains(&dead).unwrap());
+    // The next gc deletes the leftover.
+    let stats = gc(&store, &fx, &live).unwrap();
+    assert_eq!(
+        (stats.packs_deleted, stats.packs_rewritten),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert!(!fx.pack(0).exists());
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+        }
+    }
+    verify_clean(&store);
+}
+
+#[test]
+fn a_failed_index_commit_deletes_nothing() {
+    // Whether or not the batch reached the disk, every entry points at valid data: the
+    // old packs stay until the index change is known durable.
+    let mut fx = Fixture::new();
+    let store = fx.open();
+    let ids = put_blocks(&store, 0..30);
+    let live: HashSet<BlockId> = ids.iter().step_by(4).copied().collect();
+    let mut calls = 0;
+    let r = store.gc(&|id| live.contains(id), &GcPolicy::default(), &mut || {
+        calls += 1;
+        Err(Error::Io {
+            path: "meta".into(),
+            source: std::io::Error::other("simulated flush failure"),
+        })
+    });
+    assert!(r.is_err() && calls == 1);
+    assert!(fx.pack(0).exists());
+    store.crash();
+    fx.restart_index();
+    let store = fx.open();
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+        }
+    }
+    verify_clean(&store);
+    let stats = gc(&store, &fx, &live).unwrap();
+    assert_eq!(stats.packs_rewritten, 1, "{stats:?}");
+    verify_clean(&store);
+}
+
+#[test]
+fn a_damaged_record_is_reported_and_not_copied() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let ids = put_blocks(&store, 0..20);
+    let live: HashSet<BlockId> = ids.iter().step_by(3).copied().collect();
+    let victim = ids[3];
+    let loc = location(&store, &victim);
+    flip(&fx.pack(0), loc.offset + RECORD_HEADER_LEN as u64 + 7);
+    let stats = gc(&store, &fx, &live).unwrap();
+    assert_eq!(stats.problems.len(), 1, "{stats:?}");
+    let p = &stats.problems[0];
+    assert!(
+        p.contains(&fx.pack(0).display().to_string())
+            && p.contains(&format!("offset {}", loc.offset)),
+        "{p}"
+    );
+    // The pack is kept for the damaged record; the others moved.
+    assert!(fx.pack(0).exists());
+    assert_eq!(stats.packs_rewritten, 0);
+    assert_eq!(location(&store, &victim).pack, PackId(0));
+    assert_corrupt(store.get(&victim), &fx.pack(0), loc.offset);
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) && *id != victim {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+            assert_eq!(location(&store, id).pack, PackId(1));
+        }
+    }
+    let report = store.verify(&mut |_, _| {}).unwrap();
+    assert_eq!(report.bad_blocks, vec![victim]);
+}
+
+#[test]
+fn a_full_disk_still_frees_dead_packs_and_loses_nothing() {
+    let fx = Fixture::new();
+    let store = fx.open_with(Config {
+        compression_level: 3,
+        max_pack_size: 64 << 10,
+    });
+    let ids = put_blocks(&store, 0..40);
+    let first = location(&store, &ids[0]).pack;
+    // First pack all dead; every other pack a third live (to be rewritten).
+    let live: HashSet<BlockId> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, id)| location(&store, id).pack != first && i % 3 == 0)
+        .map(|(_, id)| *id)
+        .collect();
+    store.with_faults(|f| f.space_left = Some(20_000));
+    let err = gc(&store, &fx, &live).unwrap_err();
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    assert!(!fx.pack(first.0).exists(), "round A needs no space");
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+        }
+    }
+    verify_clean(&store);
+    // With space again, the gc completes.
+    store.with_faults(|f| f.space_left = None);
+    let stats = gc(&store, &fx, &live).unwrap();
+    assert!(stats.packs_rewritten > 0, "{stats:?}");
+    for (i, id) in ids.iter().enumerate() {
+        if live.contains(id) {
+            assert_eq!(store.get(id).unwrap(), block(i as u64));
+        }
+    }
+    let live_bytes: u64 = live.iter().map(|id| record_len(&store, id)).sum();
+    let packs = fx.pack_files().len() as u64;
+    assert!(
+        stats.pack_bytes_after <= live_bytes + packs * (PACK_HEADER_LEN + FOOTER_LEN) as u64,
+        "{stats:?}"
+    );
+    verify_clean(&store);
+}
+
+#[test]
+fn reads_beside_a_gc_follow_moved_blocks() {
+    let fx = Fixture::new();
+    let store = std::sync::Arc::new(fx.open_with(Config {
+        compression_level: 3,
+        max_pack_size: 64 << 10,
+    }));
+    let ids = put_blocks(&store, 0..30);
+    let live: HashSet<BlockId> = ids.iter().copied().collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop, ids) = (store.clone(), stop.clone(), ids.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, id) in ids.iter().enumerate() {
+                    assert_eq!(store.get(id).unwrap(), block(i as u64), "block {i}");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    // Each round adds blocks nobody keeps next to the live ones, so every pack is
+    // rewritten and the live blocks move every time.
+    for round in 0..20u64 {
+        put_blocks(&store, 1000 + round * 50..1000 + round * 50 + 40);
+        let stats = gc(&store, &fx, &live).unwrap();
+        assert!(
+            stats.blocks_moved > 0 || stats.packs_deleted > 0,
+            "{stats:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    verify_clean(&store);
+}

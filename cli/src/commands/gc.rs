@@ -1,0 +1,63 @@
+//! `strata gc STORE [--json] [--bytes]`: reclaim the space of blocks that no branch and
+//! no snapshot references any more (after `snapshot delete`, `branch delete`, or
+//! overwrites), rewriting packs whose live fraction fell low so the disk space returns to
+//! the file system under the store. Through the daemon when the store is mounted (every
+//! file operation of its mounts waits while it runs), else the command opens the store.
+//! Exit 1 if damaged blocks were met (they are left in place; run `strata verify`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use strata_snapshot::GcReport;
+
+use crate::control::proto::Request;
+use crate::error::EXIT_FAILURE;
+use crate::{output, session};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+
+    /// Print the report as one JSON object (sizes in bytes).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exact byte counts instead of human-readable sizes.
+    #[arg(long)]
+    pub bytes: bool,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let target = session::resolve_store(&args.store)?;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "collecting garbage in {} (file operations on its mounts wait meanwhile) ...",
+            target.store.display()
+        );
+    }
+    let report: GcReport = session::run(&target.store, &Request::Gc)?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("store".into(), target.store.display().to_string().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", output::gc_report(&report, args.bytes));
+    }
+    if report.problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let count = report.problems.len();
+        eprintln!(
+            "strata: gc left {count} damaged block{} in place in {}; run `strata verify`",
+            if count == 1 { "" } else { "s" },
+            target.store.display()
+        );
+        Ok(ExitCode::from(EXIT_FAILURE))
+    }
+}
