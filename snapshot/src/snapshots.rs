@@ -307,10 +307,9 @@ impl Store {
     /// snapshot or branch references (what the next gc frees).
     pub fn snapshot_delete(&self, name: &str, dry_run: bool) -> Result<u64> {
         let g = self.snapshot_gen(name)?;
+        // Refuse before the (whole-store) usage pass; checked again under the lock.
         if self.is_held(g)? {
-            return Err(Error::Invalid(format!(
-                "snapshot {name:?} is held; release it first (strata snapshot release)"
-            )));
+            return Err(held_error(name));
         }
         let usage = self.usage()?;
         let freed = usage.get(&g).map(|u| u.exclusive_bytes).unwrap_or(0);
@@ -328,9 +327,7 @@ impl Store {
             return Err(Error::Invalid(format!("no snapshot named {name:?}")));
         }
         if st.meta.get_raw(&keys::hold(g))?.is_some() {
-            return Err(Error::Invalid(format!(
-                "snapshot {name:?} is held; release it first (strata snapshot release)"
-            )));
+            return Err(held_error(name));
         }
         self.commit_locked(&mut st)?;
         let mut r = st.gens.get(g)?.clone();
@@ -575,6 +572,12 @@ pub(crate) fn visible_blocks(
         }
     }
     Ok(())
+}
+
+fn held_error(name: &str) -> Error {
+    Error::Invalid(format!(
+        "snapshot {name:?} is held; release it first (strata snapshot release)"
+    ))
 }
 
 fn head_of(st: &State, branch: &str) -> Result<GenerationId> {

@@ -3,6 +3,8 @@
 //!
 //! - `binary`: finding `strata` (env `STRATA_BIN`, else next to the test executable in the
 //!   target directory, same profile) and running it with a time limit.
+//! - `cli`: shorthands of the CLI-level tests (`ok`, `json`, `snapshot_names`,
+//!   `env_u64`, `UnmountOnDrop`).
 //! - `fixture`: `TestStore` (a temp dir with a store and a mount point, optionally on a
 //!   small tmpfs) and `Mount`, a guard that always unmounts, even when the test panicked,
 //!   and never leaves a stale mount behind; `Mount::crash` kills the daemon with SIGKILL.
@@ -16,6 +18,7 @@
 //! the daemons), `STRATA_TEST_KEEP` (keep temp dirs), `STRATA_CRASH_RUNS`/`STRATA_CRASH_SEED`.
 
 pub mod binary;
+pub mod cli;
 pub mod data;
 pub mod fixture;
 pub mod mounts;

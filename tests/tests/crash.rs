@@ -9,17 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata_tests::cli::env_u64;
 use strata_tests::data::Rng;
 use strata_tests::records::{check_records, RECORD_SIZE};
 use strata_tests::{sys, TestStore};
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
 
 #[test]
 fn kill_9_loses_no_fsynced_record() {

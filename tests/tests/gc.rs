@@ -15,20 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use strata_tests::cli::{env_u64, ok, s};
 use strata_tests::data::{checksum, compressible_bytes, random_bytes, Rng};
-use strata_tests::{strata, strata_bin, TestStore};
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 test path")
-}
-
-/// Runs `strata ARGS`, asserts success, returns stdout.
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    let run = strata(args);
-    run.assert_success();
-    run.stdout
-}
+use strata_tests::{strata_bin, TestStore};
 
 #[track_caller]
 fn gc_json(store: &str) -> Value {
@@ -274,14 +263,6 @@ fn human(bytes: u64) -> String {
     }
     let r = format!("{value:.1}");
     format!("{} {}", r.strip_suffix(".0").unwrap_or(&r), units[unit])
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
 }
 
 /// A store left unmounted with SESSIONS packs (one per mount session). Session `i`

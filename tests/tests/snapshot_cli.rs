@@ -10,42 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strata_tests::binary::{strata_env, try_run};
+use strata_tests::cli::{json, ok, s, snapshot_names, snapshots};
 use strata_tests::data::random_bytes;
 use strata_tests::{mounts, strata, strata_bin, sys, Run, TestStore};
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 test path")
-}
-
-/// Runs `strata ARGS`, asserts success, returns stdout.
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    let run = strata(args);
-    run.assert_success();
-    run.stdout
-}
-
-/// Runs `strata ARGS` and parses its stdout as JSON.
-#[track_caller]
-fn json(args: &[&str]) -> Value {
-    let out = ok(args);
-    serde_json::from_str(&out).unwrap_or_else(|err| panic!("not JSON ({err}):\n{out}"))
-}
-
-/// The snapshot list of `store` as JSON objects.
-fn snapshots(store: &str) -> Vec<Value> {
-    match json(&["snapshot", "list", store, "--json"]) {
-        Value::Array(rows) => rows,
-        other => panic!("snapshot list --json is not an array: {other}"),
-    }
-}
-
-fn snapshot_names(store: &str) -> Vec<String> {
-    snapshots(store)
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// Every live process that is a strata daemon of `store`.
 fn daemon_pids(store: &Path) -> Vec<u32> {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use strata_tests::cli::{env_u64, s, snapshot_names, UnmountOnDrop};
 use strata_tests::data::Rng;
 use strata_tests::{mounts, strata, TestStore};
 
@@ -102,23 +103,9 @@ fn every_snapshot_holds_an_exact_prefix_of_the_appended_records() {
     ts.assert_verify_clean();
 }
 
-fn snapshot_names(store: &Path) -> Vec<String> {
-    let run = strata(["snapshot", "list", store.to_str().unwrap(), "--json"]);
-    run.assert_success();
-    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("snapshot list --json");
-    v.as_array()
-        .expect("an array")
-        .iter()
-        .map(|s| s["name"].as_str().expect("name").to_string())
-        .collect()
-}
-
 #[test]
 fn kill_9_during_snapshot_create_leaves_all_or_nothing() {
-    let runs: u64 = std::env::var("STRATA_SNAPSHOT_CRASH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let runs = env_u64("STRATA_SNAPSHOT_CRASH_RUNS").unwrap_or(8);
     let seed = Rng::seed_from_time();
     eprintln!("snapshot crash test: {runs} runs, seed {seed}");
     let mut rng = Rng::new(seed);
@@ -144,7 +131,7 @@ fn kill_9_during_snapshot_create_leaves_all_or_nothing() {
         mount.crash();
         let _ = cli.wait();
         mount.unmount();
-        let names = snapshot_names(&ts.store);
+        let names = snapshot_names(s(&ts.store));
         if names.contains(&name) {
             expected.push((name.clone(), data.clone()));
         }
@@ -163,18 +150,6 @@ fn kill_9_during_snapshot_create_leaves_all_or_nothing() {
         mount.unmount();
     }
     eprintln!("{} of {runs} snapshots survived the kill", expected.len());
-}
-
-/// Unmounts a mount point made by the test, even when an assertion fails.
-struct UnmountOnDrop(std::path::PathBuf);
-
-impl Drop for UnmountOnDrop {
-    fn drop(&mut self) {
-        if mounts::is_mounted(&self.0) {
-            let _ = strata(["umount", self.0.to_str().unwrap()]);
-            mounts::force_unmount(&self.0);
-        }
-    }
 }
 
 fn sqlite(db: &Path, sql: &str) -> String {

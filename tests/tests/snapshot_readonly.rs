@@ -8,8 +8,9 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use strata_tests::cli::UnmountOnDrop;
 use strata_tests::sys::{self, errno};
-use strata_tests::{mounts, strata, TestStore};
+use strata_tests::{strata, TestStore};
 
 /// Every mutating call on `dir` (holding file `f`, directory `d`, symlink `l`) fails with
 /// EROFS; returns the list of calls that did not.
@@ -125,7 +126,7 @@ fn snapshot_views_refuse_every_change_with_erofs() {
     // A separate read-only mount of the snapshot.
     let ro_mnt = ts.store.parent().unwrap().join("ro-mnt");
     std::fs::create_dir_all(&ro_mnt).unwrap();
-    let _guard = Unmount(ro_mnt.clone());
+    let _guard = UnmountOnDrop(ro_mnt.clone());
     strata([
         "mount",
         "--snapshot",
@@ -155,15 +156,4 @@ fn snapshot_views_refuse_every_change_with_erofs() {
     );
     mount.unmount();
     ts.assert_verify_clean();
-}
-
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if mounts::is_mounted(&self.0) {
-            let _ = strata(["umount", self.0.to_str().unwrap()]);
-            mounts::force_unmount(&self.0);
-        }
-    }
 }

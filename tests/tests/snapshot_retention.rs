@@ -3,15 +3,11 @@
 //! pruning them by its keep rules. (The retention rules themselves are tested over a
 //! simulated clock in the snapshot crate.)
 
-use serde_json::Value;
+use strata_tests::cli::snapshots;
 use strata_tests::{strata, TestStore};
 
 fn list(store: &str) -> Vec<(String, bool)> {
-    let run = strata(["snapshot", "list", store, "--json"]);
-    run.assert_success();
-    let v: Value = serde_json::from_str(&run.stdout).unwrap();
-    v.as_array()
-        .unwrap()
+    snapshots(store)
         .iter()
         .map(|s| {
             (
