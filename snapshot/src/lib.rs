@@ -18,6 +18,7 @@ mod data;
 mod diff;
 mod durable;
 mod error;
+mod flatten;
 mod gc;
 mod generation;
 mod inode;
@@ -37,6 +38,7 @@ pub use attrs::XattrFlags;
 pub use config::{StoreConfig, FORMAT_VERSION};
 pub use diff::{DiffEntry, HistoryEntry};
 pub use error::{Error, Result};
+pub use flatten::{FlattenProgress, FlattenReport, DEFAULT_BATCH_RECORDS};
 pub use gc::GcReport;
 pub use generation::MAIN_BRANCH;
 pub use retention::{Candidate, Decision, KeepPolicy};
@@ -49,5 +51,7 @@ pub use verify::{Stats, VerifyReport};
 pub use volume::{Volume, VolumeKind};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_flatten;
 #[cfg(test)]
 mod tests_generations;

@@ -74,6 +74,13 @@ impl Meta {
         }
     }
 
+    /// The committed records (sled's tree), without the overlay. For passes that read
+    /// sled while they stage changes in the overlay (flattening, after a commit emptied
+    /// it).
+    pub fn committed(&self) -> sled::Tree {
+        self.tree.clone()
+    }
+
     pub fn view(&self) -> &View {
         &self.view
     }

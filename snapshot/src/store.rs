@@ -79,6 +79,8 @@ pub struct Store {
     /// block-map lookup to the end of its block fetches (before `state`): a block a read
     /// looked up is not dropped by a gc before the read fetched it.
     pub(crate) gc_fence: RwLock<()>,
+    /// One flatten run at a time (the daemon's background one, or a requested one).
+    pub(crate) flatten_serial: Mutex<()>,
     /// Tests: a pause between a read's block-map lookup and its block fetches.
     #[cfg(test)]
     pub(crate) read_pause_us: std::sync::atomic::AtomicU64,
@@ -244,6 +246,7 @@ impl Store {
                 partial_writes: HashMap::new(),
             }),
             gc_fence: RwLock::new(()),
+            flatten_serial: Mutex::new(()),
             #[cfg(test)]
             read_pause_us: Default::default(),
             background: Mutex::new(None),

@@ -129,6 +129,13 @@ impl Store {
             r.problems
                 .extend(problems.into_iter().map(|p| format!("{label}{p}")));
         }
+        for (g, n) in self.stray_records()? {
+            r.problems.push(format!(
+                "metadata: {n} record{} of generation {}, which does not exist",
+                if n == 1 { "" } else { "s" },
+                g.0
+            ));
+        }
         Ok(r)
     }
 
