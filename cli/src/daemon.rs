@@ -27,6 +27,7 @@
 //! store (releasing `STORE/lock` as it exits) and exits 0.
 
 pub mod auto;
+pub mod maintenance;
 pub mod mounts;
 
 use std::fs::{File, OpenOptions};
@@ -343,6 +344,9 @@ fn start(
         server.remove();
         let _ = daemon.store.close();
         return Err(err);
+    }
+    if let Err(err) = maintenance::start(Arc::clone(&daemon)) {
+        error!("cannot start the maintenance thread ({err}); deleted snapshots are flattened by `strata flatten` only");
     }
     Ok((daemon, server, mount_point))
 }

@@ -14,6 +14,7 @@ mod mountinfo;
 mod ops;
 mod output;
 mod paths;
+mod progress;
 mod session;
 mod size;
 mod store;
@@ -48,6 +49,8 @@ enum Command {
     Stats(commands::stats::Args),
     /// Free the blocks nothing references any more and give their disk space back.
     Gc(commands::gc::Args),
+    /// Fold deleted snapshots' generations into what is kept (the daemon does it by itself).
+    Flatten(commands::flatten::Args),
     /// Create, list, delete and rename snapshots (read-only generations).
     Snapshot(commands::snapshot::Args),
     /// Make a branch's live tree the content of a snapshot (the state before is kept).
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
         Command::Gc(args) => commands::gc::run(&args),
+        Command::Flatten(args) => commands::flatten::run(&args),
         Command::Snapshot(args) => commands::snapshot::run(&args),
         Command::Rollback(args) => commands::rollback::run(&args),
         Command::Clone(args) => commands::clone::run(&args),

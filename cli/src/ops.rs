@@ -18,6 +18,9 @@ use crate::control::proto::{
     RolledBack, Snapshot, Version,
 };
 
+/// Pause between flatten batches, so the mounts' file operations get the store.
+pub const FLATTEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What the process running an operation knows about the store's mounts.
 pub trait Host {
     /// What the mount at `mount_point` serves, if it is one of this process's mounts.
@@ -29,6 +32,9 @@ pub trait Host {
     /// `branch` now shows another tree: drop every cached page, entry and attribute of
     /// its mounts. Returns those mount points.
     fn branch_replaced(&self, branch: &str) -> Vec<String>;
+    /// Snapshots or branches were deleted: their generations are ready to be flattened
+    /// (the daemon does it in the background; a command leaves it to `strata flatten`).
+    fn generations_deleted(&self);
 }
 
 /// The host of a command that opened the store itself: nothing is mounted.
@@ -45,6 +51,7 @@ impl Host for NoMounts {
     fn branch_replaced(&self, _: &str) -> Vec<String> {
         Vec::new()
     }
+    fn generations_deleted(&self) {}
 }
 
 /// The branch a request acts on: the one named, else the one mounted at the mount point
@@ -112,6 +119,7 @@ pub fn execute(
             let bytes = store.snapshot_delete(name, *dry_run).map_err(model)?;
             if !dry_run {
                 host.snapshots_changed();
+                host.generations_deleted();
             }
             serde_json::to_value(Deleted {
                 name: name.clone(),
@@ -145,6 +153,15 @@ pub fn execute(
             serde_json::to_value(report)?
         }
         Request::Gc => serde_json::to_value(store.gc().map_err(model)?)?,
+        Request::Flatten => serde_json::to_value(
+            store
+                .flatten(
+                    strata_snapshot::DEFAULT_BATCH_RECORDS,
+                    FLATTEN_PAUSE,
+                    &mut |_| true,
+                )
+                .map_err(model)?,
+        )?,
         Request::SnapshotHold { name, hold } => {
             store.snapshot_hold(name, *hold).map_err(model)?;
             serde_json::to_value(Held {
@@ -159,6 +176,7 @@ pub fn execute(
                 .map_err(model)?;
             if !dry_run && decisions.iter().any(|d| !d.keep) {
                 host.snapshots_changed();
+                host.generations_deleted();
             }
             serde_json::to_value(Pruned {
                 keep: policy.to_string(),
@@ -200,6 +218,7 @@ pub fn execute(
                 }
             }
             store.branch_delete(branch).map_err(model)?;
+            host.generations_deleted();
             serde_json::to_value(BranchDeleted {
                 branch: branch.clone(),
             })?
@@ -273,6 +292,7 @@ mod tests {
         fn branch_replaced(&self, _: &str) -> Vec<String> {
             Vec::new()
         }
+        fn generations_deleted(&self) {}
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! (`--bytes`; JSON is always exact).
 
 use serde::Serialize;
-use strata_snapshot::{utc_stamp, GcReport};
+use strata_snapshot::{utc_stamp, FlattenReport, GcReport};
 
 use crate::control::proto::{
     Branch, Deleted, Diff, Held, History, Pruned, Renamed, RolledBack, Snapshot,
@@ -211,6 +211,24 @@ pub fn gc_report(r: &GcReport, exact: bool) -> String {
         out.push_str(&format!("problem: {}\n", crate::error::one_line(p)));
     }
     out
+}
+
+/// `flatten`: one line.
+pub fn flatten_report(r: &FlattenReport) -> String {
+    if r.batches == 0 {
+        return "flatten: nothing to do (no deleted generation left to fold)\n".into();
+    }
+    format!(
+        "flatten: {} deleted generation{} removed; {} record versions examined, {} folded into kept generations, {} dropped; {} batches (longest {} ms), {} ms\n",
+        r.generations_removed,
+        if r.generations_removed == 1 { "" } else { "s" },
+        r.records_examined,
+        r.records_folded,
+        r.records_dropped,
+        r.batches,
+        r.max_batch_ms,
+        r.took_ms,
+    )
 }
 
 /// `snapshot hold` / `snapshot release`.

@@ -3,6 +3,7 @@
 pub mod branch;
 pub mod clone;
 pub mod diff;
+pub mod flatten;
 pub mod gc;
 pub mod history;
 pub mod init;

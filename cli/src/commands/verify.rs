@@ -4,7 +4,7 @@
 //! serving, reading packs at most `--rate` MiB/s. Each problem on its own line, naming
 //! the file, offset and generation; exit 1 if any.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use strata_snapshot::VerifyReport;
 
 use crate::control::proto::Request;
 use crate::error::EXIT_FAILURE;
+use crate::progress::Progress;
 use crate::session::{self, Route};
 use crate::size::format_human;
 use crate::store;
@@ -36,50 +37,6 @@ pub struct Args {
 
 /// The scrub rate through a daemon when `--rate` is not given.
 const MOUNTED_RATE_MIB: u64 = 100;
-
-/// Draws `verifying: 42% (n/total)` on stderr, at most ten times a second.
-struct Progress {
-    enabled: bool,
-    last: Option<Instant>,
-    drawn: bool,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            enabled: std::io::stderr().is_terminal(),
-            last: None,
-            drawn: false,
-        }
-    }
-
-    fn update(&mut self, done: u64, total: u64) {
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now - last < Duration::from_millis(100))
-            && done < total
-        {
-            return;
-        }
-        self.last = Some(now);
-        let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-        eprint!("\r\x1b[Kverifying: {percent:>3}% ({done}/{total})");
-        let _ = std::io::stderr().flush();
-        self.drawn = true;
-    }
-
-    fn clear(&mut self) {
-        if self.drawn {
-            eprint!("\r\x1b[K");
-            let _ = std::io::stderr().flush();
-            self.drawn = false;
-        }
-    }
-}
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
@@ -105,7 +62,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
         Route::Free => {
             let (path, store) = store::open(&target.store)?;
-            let mut progress = Progress::new();
+            let mut progress = Progress::new("verifying");
             let started = Instant::now();
             let limit = args.rate.filter(|r| *r > 0).map(|r| r as f64 * 1048576.0);
             let result = store.verify(&mut |done, total| {

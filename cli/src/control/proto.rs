@@ -115,6 +115,8 @@ pub enum Request {
     },
     /// Reclaim the space of blocks nothing references (`strata_snapshot::GcReport`).
     Gc,
+    /// Fold deleted generations away (`strata_snapshot::FlattenReport`).
+    Flatten,
 }
 
 impl Request {
@@ -138,6 +140,7 @@ impl Request {
             Request::Diff { .. } => "diff",
             Request::History { .. } => "history",
             Request::Gc => "gc",
+            Request::Flatten => "flatten",
         }
     }
 }

@@ -6,7 +6,8 @@
 //! interval since the epoch (every 15 min: at :00, :15, :30, :45 UTC), named
 //! `auto-YYYYMMDDTHHMMSSZ` so they sort by time; after each, the keep rules (if any)
 //! prune the automatic snapshots the same way `strata snapshot prune` does (held and
-//! manual snapshots are never removed). The thread ends with the mount.
+//! manual snapshots are never removed), and the maintenance thread flattens the pruned
+//! generations and runs gc. The thread ends with the mount.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -110,6 +111,10 @@ fn run(daemon: &Daemon, branch: &str, auto: &AutoSnapshots) {
                 Ok(decisions) => {
                     for d in decisions.iter().filter(|d| !d.keep) {
                         info!("pruned automatic snapshot {} (keep {keep})", d.name);
+                    }
+                    if decisions.iter().any(|d| !d.keep) {
+                        // Fold the pruned generations away, then give their space back.
+                        daemon.maintenance.request(true);
                     }
                 }
                 Err(e) => error!("pruning automatic snapshots failed: {e}"),

@@ -74,6 +74,7 @@ pub struct Daemon {
     threads: usize,
     table: Mutex<Table>,
     changed: Condvar,
+    pub maintenance: super::maintenance::Maintenance,
 }
 
 /// A control request in progress; keeps the daemon from closing until dropped.
@@ -103,6 +104,7 @@ impl Daemon {
             threads,
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
+            maintenance: Default::default(),
         })
     }
 
@@ -118,6 +120,12 @@ impl Daemon {
         }
         table.busy += 1;
         Some(Busy { daemon: self })
+    }
+
+    /// Whether the daemon stops: its last mount ended (background work gives way).
+    pub fn is_closing(&self) -> bool {
+        let table = self.lock();
+        table.closing || table.mounts.is_empty()
     }
 
     /// The volume a mount target names.
@@ -357,6 +365,10 @@ impl Host for Daemon {
             tracing::debug!("refreshing .snapshots of {mp}");
             invalidator.invalidate_snapshots();
         }
+    }
+
+    fn generations_deleted(&self) {
+        self.maintenance.request(false);
     }
 
     fn branch_replaced(&self, branch: &str) -> Vec<String> {

@@ -1,0 +1,70 @@
+//! `strata flatten STORE [--json]`: fold deleted snapshots' and branches' generations
+//! into what is kept, so reads stay one lookup and their metadata leaves the store
+//! (docs/generations.md, "Flattening"). The daemon of a mounted store does this by
+//! itself after every deletion; this command runs it now: through the daemon when
+//! mounted, else it opens the store and shows progress on a terminal. Resumable: an
+//! interrupted run continues where it stopped.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use strata_snapshot::{FlattenReport, DEFAULT_BATCH_RECORDS};
+
+use crate::control::proto::Request;
+use crate::progress::Progress;
+use crate::session::{self, Route};
+use crate::{output, store};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let target = session::resolve_store(&args.store)?;
+    let (path, report): (PathBuf, FlattenReport) =
+        match session::route(&target.store, &Request::Flatten)? {
+            Route::Daemon(response) => {
+                let report = serde_json::from_value(session::into_result(response)?)
+                    .context("unexpected reply from the strata daemon")?;
+                (target.store.clone(), report)
+            }
+            Route::Free => {
+                let (path, store) = store::open(&target.store)?;
+                if std::io::stderr().is_terminal() {
+                    eprintln!("flattening {} ...", path.display());
+                }
+                let mut progress = Progress::new("flattening");
+                let result = store.flatten(DEFAULT_BATCH_RECORDS, Duration::ZERO, &mut |p| {
+                    progress.update(p.done, p.total);
+                    true
+                });
+                progress.clear();
+                let report = result.map_err(|err| anyhow!(err))?;
+                store
+                    .close()
+                    .map_err(|err| anyhow!(err))
+                    .with_context(|| format!("cannot close the store {}", path.display()))?;
+                (path, report)
+            }
+        };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("store".into(), path.display().to_string().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", output::flatten_report(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
