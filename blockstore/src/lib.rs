@@ -23,7 +23,10 @@
 //! - `gc` drops the index entries of blocks the caller's mark says are dead, deletes packs
 //!   with nothing live left, and rewrites packs whose live fraction fell low; an entry is
 //!   only ever pointed at fsynced bytes, and a pack is deleted only after the index change
-//!   that emptied it is durable (docs/packs.md, "Space reclamation").
+//!   that emptied it is durable (docs/packs.md, "Space reclamation"). Puts, syncs and
+//!   reads run beside it: `gc_begin` (before the caller's mark) pins every block put or
+//!   deduplicated from then on, and the sweep never drops a pinned block; it works in
+//!   bounded steps (`GcPolicy::batch_entries`, `batch_bytes`).
 //!
 //! Modules: `layout` (byte layouts), `codec` (per-thread zstd), `record` (block ⇄
 //! record bytes), `index` (sled tree), `writer` (active pack), `scan` (reading packs
@@ -47,6 +50,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use gc::{GcHost, GcSession};
 pub use layout::MAX_BLOCK_LEN;
 pub use store::BlockStore;
 
@@ -193,14 +197,24 @@ pub struct GcPolicy {
     /// bytes of all packs after the gc, the least live pack is rewritten too (restic's
     /// `--max-unused`). Keeps the store within this fraction of its live size.
     pub max_unused_fraction: f64,
+    /// The sweep's steps: at most this many index entries dropped under one hold of the
+    /// lock puts take, and at most this many records copied between two commits of
+    /// moved entries...
+    pub batch_entries: usize,
+    /// ... and at most this many bytes copied between two commits (each commit fsyncs
+    /// the copies under the lock `sync` takes, so this bounds how long a sync waits).
+    pub batch_bytes: u64,
 }
 
 impl Default for GcPolicy {
-    /// Rewrite packs less than half live; then keep the dead bytes within 5%.
+    /// Rewrite packs less than half live; then keep the dead bytes within 5%. Steps of
+    /// 4096 entries or 8 MiB.
     fn default() -> Self {
         GcPolicy {
             min_live_fraction: 0.5,
             max_unused_fraction: 0.05,
+            batch_entries: 4096,
+            batch_bytes: 8 << 20,
         }
     }
 }
@@ -218,15 +232,22 @@ pub struct GcStats {
     pub blocks_live: u64,
     /// Index entries of dead blocks, removed.
     pub blocks_dropped: u64,
+    /// Blocks dead by the mark but put (or deduplicated) while the gc ran: kept, and
+    /// counted in `blocks_live`.
+    pub blocks_revived: u64,
     /// Live records copied, and their bytes (headers included).
     pub blocks_moved: u64,
     pub bytes_moved: u64,
-    /// Total size of the pack files before and after.
+    /// Total size of the pack files before and after (blocks put while the gc ran count
+    /// in `after`).
     pub pack_bytes_before: u64,
     pub pack_bytes_after: u64,
     /// Damaged records found while copying (not copied; their packs are kept), one line
     /// each naming the pack file and offset.
     pub problems: Vec<String>,
+    /// The longest single hold by the gc of a lock that `put` or `sync` wait for (`pins`
+    /// while dropping a batch of entries, `sync_lock` while fsyncing a batch of copies).
+    pub max_lock_hold: std::time::Duration,
 }
 
 impl GcStats {

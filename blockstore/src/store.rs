@@ -1,22 +1,27 @@
 //! `BlockStore`: the public API over the writer, the pending map and the index.
 //!
 //! Locks, always taken in this order (never a later one while waiting for an earlier):
-//! `sync_lock` → `writer` → `pending` → `readers`.
+//! `gc_serial` → `sync_lock` → `writer` → `pins` → `pending` → `readers`.
 //! - A block is appended only under `writer`, after re-checking pending and index
 //!   there, so concurrent puts of the same data write it once.
+//! - While a gc runs (`pins` is `Some`), every put checks that its block is stored and
+//!   pins it in one critical section of `pins`, and the gc drops index entries under the
+//!   same lock, skipping pinned ones: see `gc.rs` for why no put can then name a block
+//!   the gc drops.
 //! - `pending` holds every block appended since it was last synced; a block leaves it
 //!   only after `sync` inserted it into the index (insert first, then remove), and
 //!   lookups check pending before the index, so a stored block is always found.
 //! - Hashing and compression happen before `writer` is taken; fsync happens with
 //!   only `sync_lock` held, so puts proceed while a sync waits on the disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::gc::{GcHost, GcSession};
 use crate::index;
 use crate::layout::{Location, RecordHeader, MAX_BLOCK_LEN, RECORD_HEADER_LEN};
 use crate::record::{self, EncodedRecord};
@@ -34,22 +39,39 @@ pub struct BlockStore {
     pub(crate) dir: PathBuf,
     pub(crate) index: sled::Tree,
     level: i32,
-    /// Serialises `sync` and `gc`; first in the lock order.
+    /// One gc at a time: held by a `GcSession` for its whole life. First in the lock
+    /// order; only `gc_begin` waits for it.
+    pub(crate) gc_serial: Mutex<()>,
+    /// Serialises `sync`s, and a gc's fsync-then-index steps with them.
     pub(crate) sync_lock: Mutex<()>,
-    /// The active pack. Second in the lock order.
+    /// The active pack. After `sync_lock` in the lock order.
     pub(crate) writer: Mutex<PackWriter>,
     /// True once the writer failed for good (lock-free check for `put`).
     failed: Arc<AtomicBool>,
-    /// Blocks appended since the last sync, id → location. Third in the lock order.
+    /// While a gc runs: every block put (stored anew or deduplicated) since it began.
+    /// The gc never drops the entry of a pinned block. Checked and changed together with
+    /// the store's content (`contains`) in one critical section, see `gc.rs`.
+    pub(crate) pins: Mutex<Option<HashSet<BlockId>>>,
+    /// Blocks appended since the last sync, id → location. After `pins` in the lock order.
     pub(crate) pending: RwLock<HashMap<BlockId, Location>>,
     /// Read-only handles by pack. Last in the lock order. A handle is opened and
-    /// inserted under the write lock, and `gc` deletes a pack file and its handle under
-    /// the write lock too, so no handle of a deleted pack outlives the deletion (an open
+    /// inserted under the write lock; `gc`, under the write lock too, drops the handles
+    /// of the packs it is about to delete and marks them `deleting` (no handle is opened
+    /// for those), then unlinks the files without the lock (unlinking a large file can
+    /// take a while). So no cached handle of a deleted pack outlives the deletion (an open
     /// handle would keep the file's space allocated).
-    pub(crate) readers: RwLock<HashMap<PackId, Arc<File>>>,
+    pub(crate) readers: RwLock<Readers>,
     /// Odd while a `gc` may be moving entries or deleting packs; bumped at its start and
     /// end. `verify` runs again when it changed meanwhile (a scrub runs beside a gc).
     pub(crate) gc_epoch: AtomicU64,
+}
+
+/// The cache of read handles (see `BlockStore::readers`).
+#[derive(Default)]
+pub(crate) struct Readers {
+    pub open: HashMap<PackId, Arc<File>>,
+    /// Packs a gc is deleting: no handle is opened for them.
+    pub deleting: HashSet<PackId>,
 }
 
 // Used from many threads at once (`&self` everywhere).
@@ -79,11 +101,13 @@ impl BlockStore {
             dir: packs_dir.to_path_buf(),
             index,
             level: cfg.compression_level,
+            gc_serial: Mutex::new(()),
             sync_lock: Mutex::new(()),
+            pins: Mutex::new(None),
             failed: writer.failed_flag(),
             writer: Mutex::new(writer),
             pending: RwLock::new(HashMap::new()),
-            readers: RwLock::new(HashMap::new()),
+            readers: RwLock::new(Readers::default()),
             gc_epoch: AtomicU64::new(0),
         })
     }
@@ -100,13 +124,18 @@ impl BlockStore {
 
     pub fn put(&self, data: &[u8]) -> Result<BlockId> {
         self.check_writable()?;
-        match self.prepare(data)? {
-            Prepared::Known(id) => Ok(id),
-            Prepared::New(rec) => {
-                self.append_if_new(&mut lock(&self.writer), &rec)?;
-                Ok(rec.header.id)
+        let rec = match self.prepare(data)? {
+            Prepared::Known(id) => {
+                if self.keep_known(&id)? {
+                    return Ok(id);
+                }
+                // A running gc dropped the block since `prepare` found it: store it anew.
+                record::encode_with_id(id, data, self.level)
             }
-        }
+            Prepared::New(rec) => rec,
+        };
+        self.append_if_new(&mut lock(&self.writer), &rec)?;
+        Ok(rec.header.id)
     }
 
     /// Like `put` for each block, hashing and compressing in parallel; records are
@@ -116,14 +145,20 @@ impl BlockStore {
         let prepared = self.prepare_all(blocks)?;
         let mut writer = lock(&self.writer);
         let mut ids = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            match p {
-                Prepared::Known(id) => ids.push(id),
-                Prepared::New(rec) => {
-                    self.append_if_new(&mut writer, &rec)?;
-                    ids.push(rec.header.id);
+        for (p, data) in prepared.into_iter().zip(blocks) {
+            let rec = match p {
+                Prepared::Known(id) => {
+                    if self.keep_known(&id)? {
+                        ids.push(id);
+                        continue;
+                    }
+                    // Dropped by a running gc since `prepare` found it: store it anew.
+                    record::encode_with_id(id, data, self.level)
                 }
-            }
+                Prepared::New(rec) => rec,
+            };
+            self.append_if_new(&mut writer, &rec)?;
+            ids.push(rec.header.id);
         }
         Ok(ids)
     }
@@ -178,30 +213,37 @@ impl BlockStore {
     /// Makes every block put so far durable, then indexes it (sled is not flushed).
     pub fn sync(&self) -> Result<()> {
         let _serial = lock(&self.sync_lock);
-        self.sync_locked()
+        self.sync_locked(false).map(|_| ())
     }
 
-    /// `sync` for a caller that holds `sync_lock`.
-    pub(crate) fn sync_locked(&self) -> Result<()> {
-        let (plan, batch) = {
+    /// `sync` for a caller that holds `sync_lock`. With `seal`, the active pack is sealed
+    /// too, in the same critical section of `writer` that collects the pending blocks:
+    /// every block appended to a pack below the returned number is then indexed (the
+    /// number is the first pack the writer has not started yet).
+    pub(crate) fn sync_locked(&self, seal: bool) -> Result<u32> {
+        let (plan, batch, first_new) = {
             let mut writer = lock(&self.writer);
-            let plan = writer.plan_sync()?;
+            let plan = if seal {
+                writer.seal_now()?
+            } else {
+                writer.plan_sync()?
+            };
             let batch: Vec<(BlockId, Location)> = read(&self.pending)
                 .iter()
                 .map(|(id, loc)| (*id, *loc))
                 .collect();
-            (plan, batch)
+            (plan, batch, writer.extent().1)
         };
         self.run_sync_plan(plan)?;
         if batch.is_empty() {
-            return Ok(());
+            return Ok(first_new);
         }
         index::insert_all(&self.index, &batch)?;
         let mut pending = write(&self.pending);
         for (id, _) in &batch {
             pending.remove(id);
         }
-        Ok(())
+        Ok(first_new)
     }
 
     /// Runs a sync plan; a failed fsync fails the writer for good.
@@ -213,22 +255,25 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Reclaims the space of blocks that `is_live` says nobody references any more; see
-    /// `gc.rs` and docs/packs.md ("Space reclamation"). `commit_index` must make the
-    /// index tree durable (flush sled and fsync its files); it is called after each index
-    /// change and before any pack file is deleted.
-    ///
-    /// The caller guarantees that no block is put while this runs and that `is_live`
-    /// holds for every block it references or will reference: a dead block's entry is
-    /// removed, and a put that deduplicated against it meanwhile would name a block
-    /// that is gone.
+    /// Starts a gc (waiting for one already running to end): from now until the
+    /// session is dropped, every block put or deduplicated is pinned, and the session's
+    /// `sweep` keeps it whatever the mark says. The caller marks after this call, then
+    /// sweeps; see `gc.rs` and docs/packs.md ("Space reclamation").
+    pub fn gc_begin(&self) -> GcSession<'_> {
+        GcSession::begin(self)
+    }
+
+    /// `gc_begin` and `sweep` in one call, for a caller whose mark `is_live` was made
+    /// with no block put since (puts while this runs are safe: they are pinned).
+    /// `host.commit_index` must make the index tree durable (flush sled and fsync its
+    /// files); it is called after each index change and before any pack file is deleted.
     pub fn gc(
         &self,
         is_live: &dyn Fn(&BlockId) -> bool,
         policy: &GcPolicy,
-        commit_index: &mut dyn FnMut() -> Result<()>,
+        host: &mut dyn GcHost,
     ) -> Result<GcStats> {
-        crate::gc::run(self, is_live, policy, commit_index)
+        self.gc_begin().sweep(is_live, policy, host)
     }
 
     /// Counts over the index and pending blocks (a walk of the whole index) and the
@@ -333,11 +378,35 @@ impl BlockStore {
         })
     }
 
-    /// Appends `rec` unless its block was stored since it was prepared.
+    /// For a block `prepare` found stored: whether it still is. While a gc runs, the
+    /// check and the pin are one critical section of `pins` (the gc drops entries under
+    /// it too): either the block is pinned before the gc looks at it, and kept, or it was
+    /// dropped before this looked, and the caller stores it anew.
+    fn keep_known(&self, id: &BlockId) -> Result<bool> {
+        let mut pins = lock(&self.pins);
+        let Some(set) = pins.as_mut() else {
+            return Ok(true);
+        };
+        if self.contains(id)? {
+            set.insert(*id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Appends `rec` unless its block was stored since it was prepared; either way the
+    /// block is pinned while a gc runs (see `keep_known`).
     fn append_if_new(&self, writer: &mut PackWriter, rec: &EncodedRecord) -> Result<()> {
         let h = &rec.header;
-        if self.contains(&h.id)? {
-            return Ok(());
+        {
+            let mut pins = lock(&self.pins);
+            let stored = self.contains(&h.id)?;
+            if let Some(set) = pins.as_mut() {
+                set.insert(h.id);
+            }
+            if stored {
+                return Ok(());
+            }
         }
         let (pack, offset) = writer.append(&rec.bytes)?;
         let loc = Location {
@@ -351,6 +420,13 @@ impl BlockStore {
         Ok(())
     }
 
+    /// Whether a running gc must keep `id` whatever its mark says.
+    pub(crate) fn pinned(&self, id: &BlockId) -> bool {
+        lock(&self.pins)
+            .as_ref()
+            .is_some_and(|set| set.contains(id))
+    }
+
     fn location(&self, id: &BlockId) -> Result<Option<Location>> {
         if let Some(loc) = read(&self.pending).get(id) {
             return Ok(Some(*loc));
@@ -359,19 +435,22 @@ impl BlockStore {
     }
 
     fn reader(&self, pack: PackId, path: &Path) -> io::Result<Arc<File>> {
-        if let Some(f) = read(&self.readers).get(&pack) {
+        if let Some(f) = read(&self.readers).open.get(&pack) {
             return Ok(f.clone());
         }
         // Opened under the write lock: see `readers`.
         let mut readers = write(&self.readers);
-        if let Some(f) = readers.get(&pack) {
+        if let Some(f) = readers.open.get(&pack) {
             return Ok(f.clone());
         }
-        let file = Arc::new(File::open(path)?);
-        if readers.len() >= MAX_OPEN_READERS {
-            readers.clear();
+        if readers.deleting.contains(&pack) {
+            return Err(io::ErrorKind::NotFound.into());
         }
-        readers.insert(pack, file.clone());
+        let file = Arc::new(File::open(path)?);
+        if readers.open.len() >= MAX_OPEN_READERS {
+            readers.open.clear();
+        }
+        readers.open.insert(pack, file.clone());
         Ok(file)
     }
 

@@ -246,7 +246,8 @@ impl Volume {
     }
 
     pub fn read(&self, ino: InodeNo, offset: u64, size: u32) -> Result<Vec<u8>> {
-        // Held until the blocks looked up below are fetched (see `Store::gc_fence`).
+        // Held until the blocks looked up below are fetched (see `Store::gc_fence`): a gc
+        // marks, and deletes packs, only between reads.
         let _fence = self.gc_fence.read().unwrap_or_else(|p| p.into_inner());
         let st = self.lock();
         let rec = st.load_inode(ino)?;

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::codec::{PRESENT, TOMBSTONE};
 use crate::error::{Error, Result};
@@ -35,10 +36,30 @@ pub type Version = (Vec<u8>, GenerationId, Option<Vec<u8>>);
 pub struct Meta {
     db: sled::Db,
     tree: sled::Tree,
-    dir: PathBuf,
     view: View,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    syncer: crate::durable::TreeSyncer,
+    flusher: Flusher,
+}
+
+/// Makes everything sled holds durable (flush, then fsync of `meta/`) without a
+/// `&mut Meta`: gc commits its index changes through a clone while file operations go
+/// on (the state lock is not held). Clones share one `TreeSyncer`; a flush runs under
+/// its mutex, so two flushes never interleave.
+#[derive(Clone)]
+pub struct Flusher {
+    db: sled::Db,
+    dir: PathBuf,
+    syncer: Arc<Mutex<crate::durable::TreeSyncer>>,
+}
+
+impl Flusher {
+    /// Flushes sled (including anything the blockstore inserted into its index) and
+    /// fsyncs its files and directory.
+    pub fn flush(&self) -> Result<()> {
+        let mut syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner());
+        self.db.flush()?;
+        syncer.sync(&self.dir)
+    }
 }
 
 impl Meta {
@@ -46,16 +67,20 @@ impl Meta {
         let dir = store.join(META_DIR);
         let db = open_sled(&dir)?;
         let tree = db.open_tree(TREE)?;
+        let flusher = Flusher {
+            db: db.clone(),
+            dir,
+            syncer: Default::default(),
+        };
         Ok(Meta {
             db,
             tree,
-            dir,
             view: View {
                 gen: GenerationId(0),
                 ancestors: Default::default(),
             },
             overlay: BTreeMap::new(),
-            syncer: Default::default(),
+            flusher,
         })
     }
 
@@ -297,8 +322,12 @@ impl Meta {
     /// Flushes sled (including anything the blockstore inserted into its index) and
     /// fsyncs its files and directory.
     pub fn flush(&mut self) -> Result<()> {
-        self.db.flush()?;
-        self.syncer.sync(&self.dir)
+        self.flusher.flush()
+    }
+
+    /// A handle that flushes like `flush`, usable without the state lock.
+    pub fn flusher(&self) -> Flusher {
+        self.flusher.clone()
     }
 }
 

@@ -4,9 +4,12 @@
 //! Locking: `state` (one mutex) guards all metadata and buffered data. Block fetches and
 //! decompression for reads of committed data run outside it. The background committer
 //! takes the same mutex to commit. `gc_fence` keeps a gc from dropping a block between a
-//! read's lookup and its fetch. Lock order: `gc_fence` before `state` before the
-//! blockstore's internal locks; nothing takes `state` while holding a blockstore lock,
-//! nor `gc_fence` while holding `state`.
+//! read's lookup and its fetch, and from deleting a pack under a fetch (gc.rs). Lock
+//! order: a gc session (`BlockStore::gc_begin`, taken only by `Store::gc`, with nothing
+//! else held) before `gc_fence` before `state` before the blockstore's internal locks;
+//! nothing takes `state` while holding a blockstore lock, nor `gc_fence` while holding
+//! `state`. A gc's sweep holds no lock of this layer but `gc_fence`, briefly, around each
+//! pack deletion.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,15 +78,24 @@ pub struct Store {
     pub(crate) config: StoreConfig,
     pub(crate) blocks: BlockStore,
     pub(crate) state: Mutex<State>,
-    /// Taken for writing by `gc` (before `state`), for reading by a file read from its
-    /// block-map lookup to the end of its block fetches (before `state`): a block a read
-    /// looked up is not dropped by a gc before the read fetched it.
+    /// Taken for writing by `gc` over its mark (before `state`) and around each pack
+    /// deletion of its sweep; for reading by a file read from its block-map lookup to the
+    /// end of its block fetches (before `state`): a read that looked blocks up before a
+    /// gc's mark fetches them before the sweep can drop them, and no pack is deleted
+    /// while a read fetches.
     pub(crate) gc_fence: RwLock<()>,
     /// One flatten run at a time (the daemon's background one, or a requested one).
     pub(crate) flatten_serial: Mutex<()>,
     /// Tests: a pause between a read's block-map lookup and its block fetches.
     #[cfg(test)]
     pub(crate) read_pause_us: std::sync::atomic::AtomicU64,
+    /// Tests: the sweep's step size (entries), instead of the default.
+    #[cfg(test)]
+    pub(crate) gc_batch_entries: std::sync::atomic::AtomicUsize,
+    /// Tests: called between the steps of a gc's sweep (no lock held).
+    #[cfg(test)]
+    #[allow(clippy::type_complexity)]
+    pub(crate) gc_step_hook: Mutex<Option<Box<dyn FnMut() + Send>>>,
     background: Mutex<Option<JoinHandle<()>>>,
     wake: Condvar,
     stop: AtomicBool,
@@ -249,6 +261,10 @@ impl Store {
             flatten_serial: Mutex::new(()),
             #[cfg(test)]
             read_pause_us: Default::default(),
+            #[cfg(test)]
+            gc_batch_entries: Default::default(),
+            #[cfg(test)]
+            gc_step_hook: Mutex::new(None),
             background: Mutex::new(None),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),

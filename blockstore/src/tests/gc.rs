@@ -2,13 +2,14 @@
 //! blocks leave the index, packs with nothing live are deleted, a crash between the index
 //! commit and the pack deletion leaves a store that opens and verifies clean (and whose
 //! next gc deletes the leftover), damaged records are never copied, a full disk still
-//! frees what needs no copy, and reads running beside a gc follow the moved blocks.
+//! frees what needs no copy, reads running beside a gc follow the moved blocks, and a
+//! block put or deduplicated during the sweep is kept whatever the mark said.
 
 use std::collections::HashSet;
 
 use super::*;
 use crate::layout::{FOOTER_LEN, PACK_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::{GcPolicy, GcStats};
+use crate::{GcHost, GcPolicy, GcStats};
 
 /// Block `i` of the tests: alternately compressible and not, of varied sizes.
 fn block(i: u64) -> Vec<u8> {
@@ -27,10 +28,14 @@ fn record_len(store: &BlockStore, id: &BlockId) -> u64 {
 /// Runs a gc with the default policy; the index is made durable by flushing sled.
 fn gc(store: &BlockStore, fx: &Fixture, live: &HashSet<BlockId>) -> crate::Result<GcStats> {
     let tree = fx.tree();
-    store.gc(&|id| live.contains(id), &GcPolicy::default(), &mut || {
-        tree.flush()?;
-        Ok(())
-    })
+    store.gc(
+        &|id| live.contains(id),
+        &GcPolicy::default(),
+        &mut || -> crate::Result<()> {
+            tree.flush()?;
+            Ok(())
+        },
+    )
 }
 
 fn index_ids(fx: &Fixture) -> HashSet<BlockId> {
@@ -224,13 +229,17 @@ fn a_failed_index_commit_deletes_nothing() {
     let ids = put_blocks(&store, 0..30);
     let live: HashSet<BlockId> = ids.iter().step_by(4).copied().collect();
     let mut calls = 0;
-    let r = store.gc(&|id| live.contains(id), &GcPolicy::default(), &mut || {
-        calls += 1;
-        Err(Error::Io {
-            path: "meta".into(),
-            source: std::io::Error::other("simulated flush failure"),
-        })
-    });
+    let r = store.gc(
+        &|id| live.contains(id),
+        &GcPolicy::default(),
+        &mut || -> crate::Result<()> {
+            calls += 1;
+            Err(Error::Io {
+                path: "meta".into(),
+                source: std::io::Error::other("simulated flush failure"),
+            })
+        },
+    );
     assert!(r.is_err() && calls == 1);
     assert!(fx.pack(0).exists());
     store.crash();
@@ -359,4 +368,163 @@ fn reads_beside_a_gc_follow_moved_blocks() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     verify_clean(&store);
+}
+
+/// A host that flushes sled and calls `step` with the step's number between the sweep's
+/// steps (no lock of the store held there).
+struct Stepped<'a> {
+    tree: sled::Tree,
+    steps: usize,
+    step: &'a mut dyn FnMut(usize),
+}
+
+impl GcHost for Stepped<'_> {
+    fn commit_index(&mut self) -> crate::Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    fn between_steps(&mut self) {
+        (self.step)(self.steps);
+        self.steps += 1;
+    }
+}
+
+#[test]
+fn a_put_during_the_sweep_keeps_a_block_that_was_dead_at_the_mark() {
+    let mut fx = Fixture::new();
+    let store = fx.open();
+    let ids = put_blocks(&store, 0..20);
+    // The walk lists dead entries in key order; round A drops them 4 per step.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i]);
+    let (first, last) = (order[0], order[ids.len() - 1]);
+    let policy = GcPolicy {
+        batch_entries: 4,
+        ..GcPolicy::default()
+    };
+    let session = store.gc_begin();
+    let mut step = |n: usize| {
+        if n != 0 {
+            return;
+        }
+        // After the first step: `first` is dropped, `last` still indexed.
+        assert!(!store.contains(&ids[first]).unwrap());
+        assert!(store.contains(&ids[last]).unwrap());
+        // A put deduplicating against `last` (dead at the mark, not dropped yet) ...
+        assert_eq!(store.put(&block(last as u64)).unwrap(), ids[last]);
+        assert_eq!(location(&store, &ids[last]).pack, PackId(0), "deduplicated");
+        // ... and one of `first`, which was dropped: stored anew.
+        assert_eq!(store.put(&block(first as u64)).unwrap(), ids[first]);
+        assert_ne!(location(&store, &ids[first]).pack, PackId(0));
+    };
+    // Nothing is live by the mark: without the puts, pack 0 would be deleted whole.
+    let stats = session
+        .sweep(
+            &|_| false,
+            &policy,
+            &mut Stepped {
+                tree: fx.tree(),
+                steps: 0,
+                step: &mut step,
+            },
+        )
+        .unwrap();
+    assert_eq!(stats.blocks_dropped, ids.len() as u64 - 1, "{stats:?}");
+    assert_eq!(stats.blocks_revived, 1, "{stats:?}");
+    // The pack of the kept block is rewritten, not deleted.
+    assert_eq!(
+        (
+            stats.packs_deleted,
+            stats.packs_rewritten,
+            stats.blocks_moved
+        ),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+    assert!(!fx.pack(0).exists());
+    for i in [first, last] {
+        assert_eq!(store.get(&ids[i]).unwrap(), block(i as u64));
+        assert_ne!(location(&store, &ids[i]).pack, PackId(0));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if i != first && i != last {
+            assert!(matches!(store.get(id), Err(Error::NotFound(_))), "{i}");
+        }
+    }
+    verify_clean(&store);
+    store.sync().unwrap();
+    drop(store);
+    fx.restart_index();
+    let store = fx.open();
+    for i in [first, last] {
+        assert_eq!(store.get(&ids[i]).unwrap(), block(i as u64));
+    }
+    verify_clean(&store);
+}
+
+#[test]
+fn puts_and_reads_beside_a_sweep_never_lose_a_block() {
+    // A writer puts (and syncs) blocks of a pool, most of them dead by the mark, while
+    // sweeps in small steps drop and move entries: every block it was given stays
+    // readable, during the sweep and after it.
+    let fx = Fixture::new();
+    let store = fx.open_with(Config {
+        compression_level: 3,
+        max_pack_size: 64 << 10,
+    });
+    let policy = GcPolicy {
+        batch_entries: 3,
+        batch_bytes: 16 << 10,
+        ..GcPolicy::default()
+    };
+    const POOL: u64 = 90;
+    for round in 0..8u64 {
+        put_blocks(&store, 0..POOL);
+        let session = store.gc_begin();
+        let live: HashSet<BlockId> = (0..POOL)
+            .filter(|i| i % 4 == round % 4)
+            .map(|i| BlockId::of(&block(i)))
+            .collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let put = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut put = Vec::new();
+                let mut k = round;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    k = (k * 31 + 7) % POOL;
+                    let id = store.put(&block(k)).unwrap();
+                    assert_eq!(store.get(&id).unwrap(), block(k), "block {k}");
+                    put.push(k);
+                    if put.len().is_multiple_of(5) {
+                        store.sync().unwrap();
+                    }
+                }
+                put
+            });
+            let tree = fx.tree();
+            let stats = session
+                .sweep(
+                    &|id| live.contains(id),
+                    &policy,
+                    &mut || -> crate::Result<()> {
+                        tree.flush()?;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert!(stats.problems.is_empty(), "{stats:?}");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            writer.join().unwrap()
+        });
+        for k in (0..POOL).filter(|i| i % 4 == round % 4).chain(put) {
+            assert_eq!(
+                store.get(&BlockId::of(&block(k))).unwrap(),
+                block(k),
+                "round {round}, block {k}"
+            );
+        }
+        store.sync().unwrap();
+        verify_clean(&store);
+    }
 }

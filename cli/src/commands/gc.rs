@@ -1,8 +1,9 @@
 //! `strata gc STORE [--json] [--bytes]`: reclaim the space of blocks that no branch and
 //! no snapshot references any more (after `snapshot delete`, `branch delete`, or
 //! overwrites), rewriting packs whose live fraction fell low so the disk space returns to
-//! the file system under the store. Through the daemon when the store is mounted (every
-//! file operation of its mounts waits while it runs), else the command opens the store.
+//! the file system under the store. Through the daemon when the store is mounted (file
+//! operations of its mounts go on; they wait only for the gc's mark, a pass over the
+//! block maps), else the command opens the store.
 //! Exit 1 if damaged blocks were met (they are left in place; run `strata verify`).
 
 use std::io::IsTerminal;
@@ -34,10 +35,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
     if std::io::stderr().is_terminal() {
-        eprintln!(
-            "collecting garbage in {} (file operations on its mounts wait meanwhile) ...",
-            target.store.display()
-        );
+        eprintln!("collecting garbage in {} ...", target.store.display());
     }
     let report: GcReport = session::run(&target.store, &Request::Gc)?;
     if args.json {
