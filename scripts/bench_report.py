@@ -4,10 +4,12 @@ OUTDIR/STAMP.json (everything, raw fio JSON included) and OUTDIR/STAMP.md (the t
 
     bench_report.py RAW_ROOT OUTDIR STAMP      (metadata in BM_* environment variables)
 
-RAW_ROOT/rN/ holds repetition N: TARGET.JOB.json (fio --output-format=json) and
-TARGET.files-PHASE.json (small-file phases); RAW_ROOT/strata.* holds the daemon's peak
-RSS, the store size and `strata stats --json`. With several repetitions the table shows
-the median of each figure.
+RAW_ROOT/rN/ holds repetition N of the io part: TARGET.JOB.json (fio
+--output-format=json) and TARGET.files-PHASE.json (small-file phases); RAW_ROOT/strata.*
+holds the daemon's peak RSS, the store size and `strata stats --json`. With several
+repetitions the table shows the median of each figure. RAW_ROOT/snapshots.json and
+RAW_ROOT/generations.json are the results of the snapshots and generations parts
+(bench_snapshots.py, bench_generations.py); BM_PARTS names the parts that ran.
 """
 import glob
 import json
@@ -39,6 +41,7 @@ meta = {
     },
     "repeat": int(E.get("BM_REPEAT", "1")),
     "targets": E.get("BM_TARGETS", "").split(),
+    "parts": E.get("BM_PARTS", "io snapshots generations").split(),
 }
 targets = meta["targets"]
 
@@ -128,21 +131,23 @@ def ratio(a, b):
 have = [t for t in targets if any(v is not None for v in results[t].values())]
 pairs = [(a, b) for a, b in (("strata", "native"), ("strata", "overlay"), ("overlay", "native")) if a in have and b in have]
 hdr = ["workload", "unit"] + [NAMES[t] for t in targets] + [f"{a}/{b}" for a, b in pairs] + ["§6 target", "met?"]
-lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * len(hdr)) + "|"]
-for row in ROWS:
-    cells = [row, UNITS[row]] + [fmt(results[t][row]) for t in targets]
-    cells += [ratio(results[a][row], results[b][row]) for a, b in pairs]
-    ref, factor, text = TARGETS_S6[row]
-    met = "–"
-    if "strata" in have and ref in have and results["strata"][row] is not None and results[ref][row]:
-        met = "yes" if results["strata"][row] >= factor * results[ref][row] else "**no**"
-    lines.append("| " + " | ".join(cells + [text, met]) + " |")
-if "strata" in targets:
-    lines.append("")
-    lines.append(
-        f"strata daemon peak RSS (VmHWM, max over its mounts): {fmt(extra.get('daemon_vmhwm_mib'))} MiB "
-        "(§6: ≤ 256 MiB + the configured cache)"
-    )
+lines = []
+if "io" in meta["parts"]:
+    lines += ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * len(hdr)) + "|"]
+    for row in ROWS:
+        cells = [row, UNITS[row]] + [fmt(results[t][row]) for t in targets]
+        cells += [ratio(results[a][row], results[b][row]) for a, b in pairs]
+        ref, factor, text = TARGETS_S6[row]
+        met = "–"
+        if "strata" in have and ref in have and results["strata"][row] is not None and results[ref][row]:
+            met = "yes" if results["strata"][row] >= factor * results[ref][row] else "**no**"
+        lines.append("| " + " | ".join(cells + [text, met]) + " |")
+    if "strata" in targets:
+        lines.append("")
+        lines.append(
+            f"strata daemon peak RSS (VmHWM, max over its mounts): {fmt(extra.get('daemon_vmhwm_mib'))} MiB "
+            "(§6: ≤ 256 MiB + the configured cache)"
+        )
 snap_path = os.path.join(raw_root, "snapshots.json")
 if os.path.exists(snap_path):
     snaps = json.load(open(snap_path))
@@ -170,14 +175,61 @@ if os.path.exists(snap_path):
                 f"| {g['blocks_rewritten']} | {g['block_size'] // 1024} KiB | {g['pack_growth'] / 1024:,.0f} KiB | "
                 f"{g['pack_growth_per_block'] / 1024:.1f} KiB | {g['meta_growth'] / 1024:,.0f} KiB |"
             )
+gen_path = os.path.join(raw_root, "generations.json")
+if os.path.exists(gen_path):
+    gens = json.load(open(gen_path))
+    extra["generations"] = gens
+    first, last = gens["at"][0], gens["at"][-1]
+    n = last["generations"]
+    bs_kib = gens["block_size"] // 1024
+    cold = "drop_caches + remount" if gens.get("remount", True) else "drop_caches, daemon kept up"
+    if lines:
+        lines.append("")
+    lines += [
+        f"Generations: one {gens['file_mib']} MiB incompressible file, {bs_kib} KiB blocks, each generation "
+        f"rewrites {gens['blocks_per_generation']} random blocks ({gens['rewrite_pct']:g}%), fsync, snapshot; "
+        f"cold reads ({cold}), median of {gens['repeat']}; {gens['random_reads']} random reads per run.",
+        "",
+        f"| cold read | unit | after 1 generation | after {n} generations | {n}/1 | target | met? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    GEN_ROWS = [
+        ("live-seq", "live file, sequential 1 MiB", "MiB/s", "mib_s"),
+        ("live-rand", f"live file, random {bs_kib} KiB", "reads/s", "ops_s"),
+        ("oldest-seq", "oldest snapshot's file, sequential 1 MiB", "MiB/s", "mib_s"),
+        ("oldest-rand", f"oldest snapshot's file, random {bs_kib} KiB", "reads/s", "ops_s"),
+    ]
+    for key, label, unit, metric in GEN_ROWS:
+        a, b = first["reads"][key][metric], last["reads"][key][metric]
+        met = "yes" if b >= 0.9 * a else "**no**"
+        lines.append(f"| {label} | {unit} | {fmt(a)} | {fmt(b)} | {b / a:.2f}× | ≥ 0.9× | {met} |")
+    mib = 1 << 20
+    s1, sn = first["store"], last["store"]
+    created = gens.get("snapshot_create_ms")
+    lines += [
+        "",
+        f"Building generations 2–{n}: {gens['build_seconds']:,.1f} s"
+        + (
+            f" (snapshot create end to end p50 {created['p50']:.1f} ms, p99 {created['p99']:.1f} ms, "
+            f"max {created['max']:.1f} ms)"
+            if created
+            else ""
+        )
+        + f"; store after 1 generation: packs {s1['packs_bytes'] / mib:,.1f} MiB, meta/ {s1['meta_bytes'] / mib:,.1f} MiB; "
+        f"after {n}: packs {sn['packs_bytes'] / mib:,.1f} MiB, meta/ {sn['meta_bytes'] / mib:,.1f} MiB.",
+    ]
 table = "\n".join(lines)
 m = meta
 header = (
     f"Run {m['date']} (git {m['git']}): {m['cpus']} CPUs, {m['memory']}, kernel {m['kernel']}, "
-    f"{m['fs']} on {m['device']} (rotational={m['rotational']}); seq {m['sizes']['seq']}, "
-    f"random {m['sizes']['rand']} (cap {m['sizes']['rand_runtime_s']} s), "
-    f"{m['sizes']['files']} files of {m['sizes']['file_bytes']} B; "
-    + (f"median of {m['repeat']} interleaved repetitions" if m["repeat"] > 1 else "1 repetition")
+    f"{m['fs']} on {m['device']} (rotational={m['rotational']}); parts {', '.join(m['parts'])}"
+    + (
+        f"; seq {m['sizes']['seq']}, random {m['sizes']['rand']} (cap {m['sizes']['rand_runtime_s']} s), "
+        f"{m['sizes']['files']} files of {m['sizes']['file_bytes']} B; "
+        + (f"median of {m['repeat']} interleaved repetitions" if m["repeat"] > 1 else "1 repetition")
+        if "io" in m["parts"]
+        else ""
+    )
     + (f"; strata init args: {m['strata_init_args']}" if m["strata_init_args"] else "")
 )
 print()

@@ -1,5 +1,6 @@
 //! Thin libc wrappers for what std does not offer: xattrs, renameat2, fallocate,
-//! SEEK_DATA/SEEK_HOLE, copy_file_range, statvfs, utimensat, mkfifo, syncfs, flock, kill.
+//! SEEK_DATA/SEEK_HOLE, copy_file_range, statvfs, utimensat, mkfifo, syncfs, flock, kill,
+//! posix_fadvise.
 //! Each returns `io::Result` so a test can assert on the errno.
 
 use std::ffi::CString;
@@ -194,6 +195,19 @@ pub fn copy_file_range_all(
         len -= n;
     }
     Ok(())
+}
+
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`: drops the file's clean pages from the
+/// page cache, so that the next read asks the filesystem (a strata mount keeps the page
+/// cache of files across opens, and of snapshot files for long).
+pub fn drop_page_cache(file: &File) -> io::Result<()> {
+    // SAFETY: a valid descriptor.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
 }
 
 /// `statvfs(path)`.

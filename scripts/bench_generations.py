@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Reads after many generations (strata only; called by scripts/bench).
+
+  bench_generations.py STRATA_BIN WORKDIR OUT_JSON
+
+The claim measured: a read at any generation costs a bounded number of index reads,
+independent of the number of generations; so after N generations, each rewriting 1% of a
+file's blocks, cold sequential and random reads of the live file and of the oldest
+snapshot's file run at least 0.9x as fast as after 1 generation.
+
+1. A fresh store (`strata init STORE $STRATA_INIT_ARGS`), mounted; one file of
+   BENCH_GEN_FILE_MIB MiB of incompressible data, fsynced; snapshot `g0000` (the oldest).
+2. One generation: rewrite BENCH_GEN_REWRITE_PCT % of the file's blocks (the block size
+   of the store's strata.toml) at random block-aligned offsets, fsync, `strata snapshot
+   create MOUNT gNNNN`.
+3. After generation 1, and again after generation BENCH_GEN_COUNT, four cold reads,
+   each BENCH_GEN_REPEAT times (the median is reported), each after `strata umount`,
+   `sync; echo 3 > /proc/sys/vm/drop_caches`, `strata mount` (BENCH_GEN_REMOUNT=0: the
+   page cache is dropped but the daemon stays up) and with a fresh open:
+     live-seq     the live file, read whole in 1 MiB reads
+     oldest-seq   MOUNT/.snapshots/g0000/file, the same
+     live-rand    BENCH_GEN_RANDOM_READS block-sized reads at random block-aligned offsets
+                  (the same offsets every time, seed BENCH_GEN_SEED; POSIX_FADV_RANDOM)
+     oldest-rand  the same on the oldest snapshot's file
+   and the store's size (allocated bytes of packs/ and meta/, unmounted).
+4. How long building generations 2..N took (rewrites, fsyncs and snapshot creates), and
+   the snapshot-create latency over them.
+Every mount is unmounted on exit, also on error.
+"""
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+STRATA, WORK, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
+E = os.environ
+FILE_MIB = int(E.get("BENCH_GEN_FILE_MIB", "256"))
+COUNT = int(E.get("BENCH_GEN_COUNT", "1000"))
+REWRITE_PCT = float(E.get("BENCH_GEN_REWRITE_PCT", "1"))
+RANDOM_READS = int(E.get("BENCH_GEN_RANDOM_READS", "2000"))
+REPEAT = int(E.get("BENCH_GEN_REPEAT", "3"))
+SEED = int(E.get("BENCH_GEN_SEED", "1"))
+REMOUNT = E.get("BENCH_GEN_REMOUNT", "1") != "0"
+INIT_ARGS = shlex.split(E.get("STRATA_INIT_ARGS", ""))
+MOUNTS = []
+MIB = 1 << 20
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] generations: {msg}", flush=True)
+
+
+def run(*args, check=True):
+    p = subprocess.run([STRATA, *args], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise SystemExit(f"strata {' '.join(args)} failed: {p.stderr.strip()}")
+    return p
+
+
+def mount(store, mnt):
+    os.makedirs(mnt, exist_ok=True)
+    run("mount", store, mnt)
+    MOUNTS.append(mnt)
+
+
+def umount(mnt):
+    run("umount", mnt, check=False)
+    if mnt in MOUNTS:
+        MOUNTS.remove(mnt)
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+def block_size(store):
+    with open(f"{store}/strata.toml") as f:
+        for line in f:
+            key, _, value = line.partition("=")
+            if key.strip() == "block_size":
+                return int(value)
+    return 32 << 10
+
+
+def seq_read(path, size):
+    """Reads the whole file in 1 MiB reads; MiB/s."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        t = time.perf_counter()
+        while True:
+            n = len(os.read(fd, MIB))
+            if n == 0:
+                break
+            done += n
+        secs = time.perf_counter() - t
+    finally:
+        os.close(fd)
+    if done != size:
+        raise SystemExit(f"{path}: read {done} bytes, expected {size}")
+    return {"mib_s": done / MIB / secs, "seconds": secs}
+
+
+def rand_read(path, offsets, bs):
+    """Block-sized reads at `offsets`; reads/s and MiB/s."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        t = time.perf_counter()
+        for off in offsets:
+            if len(os.pread(fd, bs, off)) != bs:
+                raise SystemExit(f"{path}: short read at {off}")
+        secs = time.perf_counter() - t
+    finally:
+        os.close(fd)
+    return {"ops_s": len(offsets) / secs, "mib_s": len(offsets) * bs / MIB / secs, "seconds": secs}
+
+
+class Bench:
+    def __init__(self):
+        self.base = os.path.join(WORK, "generations")
+        self.store, self.mnt = self.base + "/store", self.base + "/mnt"
+        os.makedirs(self.base, exist_ok=True)
+        run("init", self.store, *INIT_ARGS)
+        self.bs = block_size(self.store)
+        self.size = FILE_MIB * MIB // self.bs * self.bs
+        self.nblocks = self.size // self.bs
+        self.per_gen = max(1, round(self.nblocks * REWRITE_PCT / 100))
+        self.rng = random.Random(SEED)
+        offsets_rng = random.Random(SEED + 1)
+        self.offsets = [offsets_rng.randrange(self.nblocks) * self.bs for _ in range(RANDOM_READS)]
+        self.generation = 0
+        self.create_ms = []
+        mount(self.store, self.mnt)
+        self.file = f"{self.mnt}/file"
+
+    def write_file(self):
+        t = time.perf_counter()
+        with open(self.file, "wb") as f:
+            left = self.size
+            while left > 0:
+                n = min(MIB, left)
+                f.write(os.urandom(n))
+                left -= n
+            f.flush()
+            os.fsync(f.fileno())
+        run("snapshot", "create", self.mnt, "g0000")
+        return time.perf_counter() - t
+
+    def generations(self, upto):
+        """Rewrites, fsyncs and snapshots until generation `upto`."""
+        fd = os.open(self.file, os.O_WRONLY)
+        try:
+            while self.generation < upto:
+                self.generation += 1
+                for idx in self.rng.sample(range(self.nblocks), self.per_gen):
+                    os.pwrite(fd, os.urandom(self.bs), idx * self.bs)
+                os.fsync(fd)
+                t = time.perf_counter()
+                run("snapshot", "create", self.mnt, f"g{self.generation:04}")
+                self.create_ms.append((time.perf_counter() - t) * 1000)
+                if self.generation % 100 == 0:
+                    log(f"generation {self.generation} of {upto}")
+        finally:
+            os.close(fd)
+
+    def cold(self):
+        if REMOUNT:
+            umount(self.mnt)
+        drop_caches()
+        if REMOUNT:
+            mount(self.store, self.mnt)
+
+    def store_bytes(self):
+        if REMOUNT:
+            umount(self.mnt)
+        else:
+            os.sync()
+        sizes = {"packs_bytes": dir_bytes(f"{self.store}/packs"), "meta_bytes": dir_bytes(f"{self.store}/meta")}
+        if REMOUNT:
+            mount(self.store, self.mnt)
+        return sizes
+
+    def measure(self):
+        paths = {"live": self.file, "oldest": f"{self.mnt}/.snapshots/g0000/file"}
+        runs = {f"{t}-{k}": [] for t in paths for k in ("seq", "rand")}
+        for _ in range(REPEAT):
+            for name in runs:
+                target, kind = name.split("-")
+                self.cold()
+                if kind == "seq":
+                    runs[name].append(seq_read(paths[target], self.size))
+                else:
+                    runs[name].append(rand_read(paths[target], self.offsets, self.bs))
+        reads = {}
+        for name, rs in runs.items():
+            row = {"runs": rs, "mib_s": statistics.median(r["mib_s"] for r in rs)}
+            if "ops_s" in rs[0]:
+                row["ops_s"] = statistics.median(r["ops_s"] for r in rs)
+            reads[name] = row
+        out = {"generations": self.generation, "reads": reads, "store": self.store_bytes()}
+        log(
+            f"after {self.generation} generation(s): "
+            + ", ".join(
+                f"{n} {r['mib_s']:.1f} MiB/s" + (f" ({r['ops_s']:.0f} reads/s)" if "ops_s" in r else "")
+                for n, r in reads.items()
+            )
+            + f"; packs {out['store']['packs_bytes'] / MIB:.1f} MiB, meta {out['store']['meta_bytes'] / MIB:.1f} MiB"
+        )
+        return out
+
+
+def main():
+    if COUNT < 1:
+        raise SystemExit("BENCH_GEN_COUNT must be at least 1")
+    os.makedirs(WORK, exist_ok=True)
+    try:
+        b = Bench()
+        log(
+            f"{FILE_MIB} MiB file, {b.bs // 1024} KiB blocks ({b.nblocks}), {b.per_gen} blocks rewritten per "
+            f"generation, {COUNT} generations, {RANDOM_READS} random reads, {REPEAT} runs per figure"
+        )
+        write_s = b.write_file()
+        b.generations(1)
+        first = b.measure()
+        t = time.perf_counter()
+        b.generations(COUNT)
+        build_s = time.perf_counter() - t
+        last = b.measure() if COUNT > 1 else first
+        creates = b.create_ms[1:]  # generations 2..N, the ones timed in build_s
+        result = {
+            "file_mib": FILE_MIB,
+            "file_bytes": b.size,
+            "block_size": b.bs,
+            "blocks": b.nblocks,
+            "rewrite_pct": REWRITE_PCT,
+            "blocks_per_generation": b.per_gen,
+            "generations": COUNT,
+            "random_reads": RANDOM_READS,
+            "repeat": REPEAT,
+            "remount": REMOUNT,
+            "seed": SEED,
+            "strata_init_args": E.get("STRATA_INIT_ARGS", ""),
+            "write_seconds": round(write_s, 2),
+            "build_seconds": round(build_s, 2),
+            "snapshot_create_ms": (
+                {"p50": pct(creates, 0.5), "p99": pct(creates, 0.99), "max": max(creates)} if creates else None
+            ),
+            "at": [first, last],
+        }
+        umount(b.mnt)
+        subprocess.run(["rm", "-rf", b.base])
+    finally:
+        for m in list(MOUNTS):
+            umount(m)
+    with open(OUT, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
