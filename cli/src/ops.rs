@@ -21,6 +21,16 @@ use crate::control::proto::{
 /// Pause between flatten batches, so the mounts' file operations get the store.
 pub const FLATTEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Record versions per flatten batch: `STRATA_FLATTEN_BATCH` if set (tests use small
+/// batches to interrupt a pass), else the model's default.
+pub fn flatten_batch() -> usize {
+    std::env::var("STRATA_FLATTEN_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(strata_snapshot::DEFAULT_BATCH_RECORDS)
+}
+
 /// What the process running an operation knows about the store's mounts.
 pub trait Host {
     /// What the mount at `mount_point` serves, if it is one of this process's mounts.
@@ -155,11 +165,7 @@ pub fn execute(
         Request::Gc => serde_json::to_value(store.gc().map_err(model)?)?,
         Request::Flatten => serde_json::to_value(
             store
-                .flatten(
-                    strata_snapshot::DEFAULT_BATCH_RECORDS,
-                    FLATTEN_PAUSE,
-                    &mut |_| true,
-                )
+                .flatten(flatten_batch(), FLATTEN_PAUSE, &mut |_| true)
                 .map_err(model)?,
         )?,
         Request::SnapshotHold { name, hold } => {

@@ -82,7 +82,12 @@ impl TestStore {
     /// Mounts the store at `mnt` with `strata mount`; panics (with the daemon log) if that
     /// fails.
     pub fn mount(&self) -> Mount<'_> {
-        let run = self.try_mount();
+        self.mount_env(&[])
+    }
+
+    /// `mount`, with extra environment variables for the daemon (e.g. tuning knobs).
+    pub fn mount_env(&self, extra: &[(&str, &OsStr)]) -> Mount<'_> {
+        let run = self.try_mount_env(extra);
         if !run.success() {
             panic!(
                 "`{}` failed ({}): {}{}\n--- daemon.log (tail) ---\n{}",
@@ -121,7 +126,11 @@ impl TestStore {
     /// Runs `strata mount STORE MNT` and returns what it did, mounted or not. A successful
     /// mount made this way must be unmounted by the caller (`TestStore`'s Drop does it too).
     pub fn try_mount(&self) -> Run {
-        let mut env: Vec<(&str, &OsStr)> = Vec::new();
+        self.try_mount_env(&[])
+    }
+
+    fn try_mount_env(&self, extra: &[(&str, &OsStr)]) -> Run {
+        let mut env: Vec<(&str, &OsStr)> = extra.to_vec();
         let log = std::env::var_os("STRATA_TEST_DAEMON_LOG");
         if let Some(level) = &log {
             env.push(("RUST_LOG", level.as_os_str()));

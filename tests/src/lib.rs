@@ -11,7 +11,8 @@
 //! - `mounts`: /proc/self/mountinfo, forced unmounts, tmpfs, synthetic stale FUSE mounts.
 //! - `sys`: thin libc wrappers (xattrs, renameat2, fallocate, lseek, copy_file_range, ...).
 //! - `data`: deterministic data (random, compressible, mixed) and comparisons that report
-//!   the first differing offset; `records`: the numbered records of the crash test.
+//!   the first differing offset; `records`: the numbered records of the crash test;
+//!   `trees`: checksums of whole trees, copies of store directories.
 //!
 //! Every test makes its own temp dirs, so tests run in parallel without sharing state.
 //! Environment: `STRATA_BIN` (binary under test), `STRATA_TEST_DAEMON_LOG` (RUST_LOG of
@@ -24,6 +25,7 @@ pub mod fixture;
 pub mod mounts;
 pub mod records;
 pub mod sys;
+pub mod trees;
 
 pub use binary::{strata, strata_bin, Run};
 pub use fixture::{Mount, TestStore};

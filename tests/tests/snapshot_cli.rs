@@ -266,6 +266,10 @@ fn changing_commands_print_the_same_mounted_and_unmounted() {
             vec!["snapshot", "rename", store, "s2", "s3"],
             vec!["snapshot", "delete", store, "s3", "--dry-run"],
             vec!["snapshot", "delete", store, "s3"],
+            // A daemon flattens the deleted generation by itself, whenever it gets to it;
+            // this makes both sides show the tree after it (what it prints depends on
+            // whether the daemon was first).
+            vec!["flatten", store],
             vec!["clone", store, "s1", "b1"],
             vec!["snapshot", "create", store, "on-b1", "--branch", "b1"],
             vec!["branch", "list", store],
@@ -279,6 +283,9 @@ fn changing_commands_print_the_same_mounted_and_unmounted() {
             .iter()
             .map(|step| {
                 let out = ok(step);
+                if step[0] == "flatten" {
+                    return "(flattened)".to_string();
+                }
                 normalize_times(&out.replace(store, "STORE"))
             })
             .collect()
@@ -295,15 +302,15 @@ fn changing_commands_print_the_same_mounted_and_unmounted() {
         first[4],
         "deleted snapshot s3; 0 B is no longer referenced and returns to the disk at the next `strata gc`\n"
     );
-    assert!(first[6].contains("of branch b1"), "{}", first[6]);
-    assert!(first[8].starts_with(
+    assert!(first[7].contains("of branch b1"), "{}", first[7]);
+    assert!(first[9].starts_with(
         "rolled back branch main to s1; the previous state is kept as snapshot pre-rollback-"
     ));
-    assert_eq!(first[10], "deleted branch b1\n");
+    assert_eq!(first[11], "deleted branch b1\n");
     assert!(
-        first[12].starts_with("gc: ") && first[12].contains(" freed (store packs "),
+        first[13].starts_with("gc: ") && first[13].contains(" freed (store packs "),
         "{}",
-        first[12]
+        first[13]
     );
     m.unmount();
 }

@@ -11,7 +11,7 @@
 //!    symlink targets); the manifest must equal the writer's model at the moment the
 //!    snapshot was taken.
 //! 2. With the writer still running, 20 of them are deleted in a random order; after each
-//!    deletion `maintenance` runs (`strata gc` every few deletions) and two random
+//!    deletion `maintenance` runs (`strata flatten`, and `strata gc` every few deletions) and two random
 //!    remaining snapshots are checked in full against their manifests. Meanwhile two
 //!    readers keep checking random files of random remaining snapshots (whole files, or
 //!    chunks read in two unaligned pieces). A snapshot about to be deleted is first
@@ -819,10 +819,10 @@ impl Drop for Workers {
 // ------------------------------------------------------------------ the test
 
 /// Store maintenance after the `deleted`-th deletion; returns the output of each command
-/// it ran. `strata gc` every GC_EVERY deletions. `strata flatten STORE` belongs here too once
-/// it exists: one more line, `ran.push(ok(&["flatten", store]));`.
+/// it ran: `strata flatten` every time, `strata gc` every GC_EVERY deletions.
 fn maintenance(store: &str, deleted: usize) -> Vec<String> {
-    let mut ran = Vec::new();
+    // The daemon flattens by itself after each deletion; this one waits for it.
+    let mut ran = vec![ok(&["flatten", store])];
     if deleted.is_multiple_of(GC_EVERY) {
         ran.push(ok(&["gc", store]));
     }

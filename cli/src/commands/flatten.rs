@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use strata_snapshot::{FlattenReport, DEFAULT_BATCH_RECORDS};
+use strata_snapshot::FlattenReport;
 
 use crate::control::proto::Request;
 use crate::progress::Progress;
@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     eprintln!("flattening {} ...", path.display());
                 }
                 let mut progress = Progress::new("flattening");
-                let result = store.flatten(DEFAULT_BATCH_RECORDS, Duration::ZERO, &mut |p| {
+                let result = store.flatten(crate::ops::flatten_batch(), Duration::ZERO, &mut |p| {
                     progress.update(p.done, p.total);
                     true
                 });

@@ -14,7 +14,7 @@ use anyhow::Result;
 use tracing::{error, info};
 
 use super::mounts::Daemon;
-use crate::ops::FLATTEN_PAUSE;
+use crate::ops::{flatten_batch, FLATTEN_PAUSE};
 
 /// How often an idle thread looks whether the daemon is closing.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -108,10 +108,9 @@ fn flatten(daemon: &Daemon) {
         }
     }
     let mut last = Instant::now();
-    let result = daemon.store.flatten(
-        strata_snapshot::DEFAULT_BATCH_RECORDS,
-        FLATTEN_PAUSE,
-        &mut |p| {
+    let result = daemon
+        .store
+        .flatten(flatten_batch(), FLATTEN_PAUSE, &mut |p| {
             if last.elapsed() >= PROGRESS_EVERY {
                 last = Instant::now();
                 info!(
@@ -120,8 +119,7 @@ fn flatten(daemon: &Daemon) {
                 );
             }
             !daemon.is_closing()
-        },
-    );
+        });
     match result {
         Ok(r) if r.batches > 0 => info!(
             "flattened: {} deleted generations removed, {} records folded, {} dropped, {} batches (longest {} ms), {} ms",
