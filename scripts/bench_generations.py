@@ -25,6 +25,12 @@ snapshot's file run at least 0.9x as fast as after 1 generation.
    and the store's size (allocated bytes of packs/ and meta/, unmounted).
 4. How long building generations 2..N took (rewrites, fsyncs and snapshot creates), and
    the snapshot-create latency over them.
+5. With BENCH_GEN_REMOUNT on: `strata gc STORE` (nothing to free; it compacts meta/ when
+   sled's file is much larger than what it holds) and the four reads again.
+6. Reclaiming (unmounted): every snapshot deleted (`snapshot prune --keep last=1 --all`,
+   then the last one), `strata flatten STORE --json` and `strata gc STORE --json` (their
+   reports: records and bytes handled, time), then the store's size against a fresh store
+   holding a copy of the same live file.
 Every mount is unmounted on exit, also on error.
 """
 import json
@@ -203,6 +209,44 @@ class Bench:
             mount(self.store, self.mnt)
         return sizes
 
+    def reclaim(self):
+        umount(self.mnt)
+        t = time.perf_counter()
+        run("snapshot", "prune", self.store, "--keep", "last=1", "--all")
+        run("snapshot", "delete", self.store, f"g{self.generation:04}")
+        delete_s = time.perf_counter() - t
+        flatten = json.loads(run("flatten", self.store, "--json").stdout)
+        gc = json.loads(run("gc", self.store, "--json").stdout)
+        after = {"packs_bytes": dir_bytes(f"{self.store}/packs"), "meta_bytes": dir_bytes(f"{self.store}/meta")}
+        fresh, fresh_mnt = self.base + "/fresh", self.base + "/fresh-mnt"
+        run("init", fresh, *INIT_ARGS)
+        mount(self.store, self.mnt)
+        mount(fresh, fresh_mnt)
+        with open(self.file, "rb") as src, open(f"{fresh_mnt}/file", "wb") as dst:
+            while chunk := src.read(MIB):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        umount(fresh_mnt)
+        umount(self.mnt)
+        fresh_sizes = {"packs_bytes": dir_bytes(f"{fresh}/packs"), "meta_bytes": dir_bytes(f"{fresh}/meta")}
+        total = after["packs_bytes"] + after["meta_bytes"]
+        fresh_total = fresh_sizes["packs_bytes"] + fresh_sizes["meta_bytes"]
+        log(
+            f"reclaim: deleted {self.generation + 1} snapshots in {delete_s:.1f} s; flatten "
+            f"{flatten['records_examined']} records in {flatten['took_ms']} ms; gc freed "
+            f"{gc['freed_bytes'] / MIB:.1f} MiB, moved {gc['bytes_moved'] / MIB:.1f} MiB in {gc['took_ms']} ms; "
+            f"store {total / MIB:.1f} MiB against a fresh one's {fresh_total / MIB:.1f} MiB"
+        )
+        return {
+            "delete_seconds": round(delete_s, 2),
+            "flatten": flatten,
+            "gc": gc,
+            "after": after,
+            "fresh": fresh_sizes,
+            "ratio": total / fresh_total,
+        }
+
     def measure(self):
         paths = {"live": self.file, "oldest": f"{self.mnt}/.snapshots/g0000/file"}
         runs = {f"{t}-{k}": [] for t in paths for k in ("seq", "rand")}
@@ -249,7 +293,18 @@ def main():
         b.generations(COUNT)
         build_s = time.perf_counter() - t
         last = b.measure() if COUNT > 1 else first
+        compacted = None
+        if COUNT > 1 and REMOUNT:
+            # `strata gc` with nothing to free still measures meta/ against what it holds
+            # and compacts it (unmounted); the same reads again.
+            umount(b.mnt)
+            gc = json.loads(run("gc", b.store, "--json").stdout)
+            log(f"gc before compacted reads: meta {gc['meta_bytes'] / MIB:.1f} MiB for {gc['meta_content_bytes'] / MIB:.1f} MiB of records")
+            mount(b.store, b.mnt)
+            compacted = b.measure()
+            compacted["gc"] = gc
         creates = b.create_ms[1:]  # generations 2..N, the ones timed in build_s
+        reclaim = b.reclaim()
         result = {
             "file_mib": FILE_MIB,
             "file_bytes": b.size,
@@ -269,8 +324,9 @@ def main():
                 {"p50": pct(creates, 0.5), "p99": pct(creates, 0.99), "max": max(creates)} if creates else None
             ),
             "at": [first, last],
+            "after_gc": compacted,
+            "reclaim": reclaim,
         }
-        umount(b.mnt)
         subprocess.run(["rm", "-rf", b.base])
     finally:
         for m in list(MOUNTS):

@@ -199,10 +199,15 @@ if os.path.exists(gen_path):
         ("oldest-seq", "oldest snapshot's file, sequential 1 MiB", "MiB/s", "mib_s"),
         ("oldest-rand", f"oldest snapshot's file, random {bs_kib} KiB", "reads/s", "ops_s"),
     ]
+    compacted = gens.get("after_gc")
     for key, label, unit, metric in GEN_ROWS:
         a, b = first["reads"][key][metric], last["reads"][key][metric]
         met = "yes" if b >= 0.9 * a else "**no**"
         lines.append(f"| {label} | {unit} | {fmt(a)} | {fmt(b)} | {b / a:.2f}× | ≥ 0.9× | {met} |")
+        if compacted:
+            c = compacted["reads"][key][metric]
+            met = "yes" if c >= 0.9 * a else "**no**"
+            lines.append(f"| … after `strata gc` (meta/ compacted) | {unit} | {fmt(a)} | {fmt(c)} | {c / a:.2f}× | ≥ 0.9× | {met} |")
     mib = 1 << 20
     s1, sn = first["store"], last["store"]
     created = gens.get("snapshot_create_ms")
@@ -218,6 +223,25 @@ if os.path.exists(gen_path):
         + f"; store after 1 generation: packs {s1['packs_bytes'] / mib:,.1f} MiB, meta/ {s1['meta_bytes'] / mib:,.1f} MiB; "
         f"after {n}: packs {sn['packs_bytes'] / mib:,.1f} MiB, meta/ {sn['meta_bytes'] / mib:,.1f} MiB.",
     ]
+    rc = gens.get("reclaim")
+    if rc:
+        fl, gc = rc["flatten"], rc["gc"]
+        secs = lambda ms: max(ms, 1) / 1000
+        after_total = rc["after"]["packs_bytes"] + rc["after"]["meta_bytes"]
+        fresh_total = rc["fresh"]["packs_bytes"] + rc["fresh"]["meta_bytes"]
+        lines += [
+            "",
+            f"Reclaiming, unmounted: every snapshot deleted ({rc['delete_seconds']:.1f} s); `strata flatten`: "
+            f"{fl['generations_removed']} generations removed, {fl['records_examined']:,} record versions in "
+            f"{fl['took_ms']:,} ms ({fl['records_examined'] / secs(fl['took_ms']):,.0f}/s, longest batch "
+            f"{fl['max_batch_ms']} ms); `strata gc`: {gc['freed_bytes'] / mib:,.1f} MiB freed, "
+            f"{gc['bytes_moved'] / mib:,.1f} MiB copied in {gc['took_ms']:,} ms "
+            f"({gc['bytes_moved'] / mib / secs(gc['took_ms']):,.0f} MiB/s copied). Store after: packs "
+            f"{rc['after']['packs_bytes'] / mib:,.1f} MiB + meta/ {rc['after']['meta_bytes'] / mib:,.1f} MiB = "
+            f"{after_total / mib:,.1f} MiB; a fresh store with the same live file: "
+            f"{fresh_total / mib:,.1f} MiB ({rc['ratio']:.3f}×, target ≤ 1.10×: "
+            f"{'yes' if rc['ratio'] <= 1.10 else '**no**'}).",
+        ]
 table = "\n".join(lines)
 m = meta
 header = (

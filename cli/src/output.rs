@@ -207,6 +207,13 @@ pub fn gc_report(r: &GcReport, exact: bool) -> String {
         size(r.pack_bytes_before, exact),
         size(r.pack_bytes_after, exact),
     );
+    if r.meta_compaction_pending {
+        out.push_str(&format!(
+            "metadata: {} on disk for {} of records; compacted at the next mount\n",
+            size(r.meta_bytes, exact),
+            size(r.meta_content_bytes, exact)
+        ));
+    }
     for p in &r.problems {
         out.push_str(&format!("problem: {}\n", crate::error::one_line(p)));
     }

@@ -12,6 +12,21 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(dir, e))
 }
 
+/// Bytes the files under `dir` take on disk (allocated blocks, as `du`); 0 if missing.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Makes a directory tree (sled's `meta/`) durable after sled's `flush`, which only
 /// uses sync_file_range and never fsyncs its blob files or directories.
 ///

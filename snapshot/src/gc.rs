@@ -90,6 +90,15 @@ pub struct GcReport {
     /// `gc_fence`, or a blockstore lock), in milliseconds.
     #[serde(default)]
     pub max_lock_ms: f64,
+    /// What `meta/` takes on disk, and the bytes of the keys and values it holds.
+    #[serde(default)]
+    pub meta_bytes: u64,
+    #[serde(default)]
+    pub meta_content_bytes: u64,
+    /// `meta/` is much larger than its content: the next open of the store (the next
+    /// mount, or the end of an unmounted `strata gc`) rewrites it compactly.
+    #[serde(default)]
+    pub meta_compaction_pending: bool,
 }
 
 /// The snapshot layer's side of the sweep.
@@ -148,6 +157,30 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Store {
+    /// sled's file keeps the size the history gave it: when `meta/` is much larger than
+    /// what it holds, asks the next open of the store to compact it (`meta_compact`).
+    /// Returns the bytes on disk, the bytes held, and whether a compaction is pending.
+    /// Reads the database without the state lock (one pass over every tree).
+    pub fn check_meta_size(&self) -> Result<(u64, u64, bool)> {
+        let db = self.lock().meta.db();
+        let content = crate::meta::content_bytes(&db)?;
+        drop(db);
+        let disk = crate::durable::dir_bytes(&self.path.join(META_DIR));
+        let compact = crate::meta_compact::wants_compaction(disk, content);
+        if compact {
+            let mut st = self.lock();
+            st.meta
+                .put_raw(keys::state(crate::meta_compact::COMPACT_KEY), Vec::new());
+            self.commit_locked(&mut st)?;
+            tracing::info!(
+                disk,
+                content,
+                "meta/ is to be compacted at the next open of the store"
+            );
+        }
+        Ok((disk, content, compact))
+    }
+
     /// Frees the blocks no branch and no snapshot references any more, and gives the
     /// disk space of mostly-dead packs back by rewriting them. File operations go on
     /// meanwhile; they wait only for the mark (see the module doc).
@@ -201,6 +234,8 @@ impl Store {
             self.lock().poisoned.get_or_insert(why);
         }
         let s = swept?;
+
+        let (meta_bytes, meta_content_bytes, compact) = self.check_meta_size()?;
         let max_lock = state_held
             .max(fence_held)
             .max(host.max_fence)
@@ -221,6 +256,9 @@ impl Store {
             took_ms: started.elapsed().as_millis() as u64,
             state_lock_ms: ms(state_held),
             max_lock_ms: ms(max_lock),
+            meta_bytes,
+            meta_content_bytes,
+            meta_compaction_pending: compact,
         };
         tracing::info!(
             took_ms = report.took_ms,

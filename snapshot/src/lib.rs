@@ -9,7 +9,8 @@
 //!   reads see the newest version visible from the live generation (`meta`).
 //! - A crash recovers exactly the state of the last commit: a commit is one atomic sled
 //!   batch, applied only after the pack data it references is fsynced (`store`).
-//! - sled is reached only through `meta`; packs only through the blockstore.
+//! - sled is reached only through `meta` (and `meta_compact`, which rewrites the database
+//!   at open when gc asked for it); packs only through the blockstore.
 
 mod attrs;
 mod codec;
@@ -25,6 +26,7 @@ mod inode;
 mod keys;
 pub mod lock;
 mod meta;
+mod meta_compact;
 mod namespace;
 mod retention;
 mod snapshots;
@@ -37,6 +39,7 @@ mod volume;
 pub use attrs::XattrFlags;
 pub use config::{StoreConfig, FORMAT_VERSION};
 pub use diff::{DiffEntry, HistoryEntry};
+pub use durable::dir_bytes as disk_bytes;
 pub use error::{Error, Result};
 pub use flatten::{FlattenProgress, FlattenReport, DEFAULT_BATCH_RECORDS};
 pub use gc::GcReport;

@@ -27,7 +27,7 @@ use crate::keys::{self, GEN_SUFFIX_LEN};
 use crate::types::GenerationId;
 
 pub const META_DIR: &str = "meta";
-const TREE: &str = "meta";
+pub(crate) const TREE: &str = "meta";
 pub const BLOCK_INDEX_TREE: &str = "blocks";
 
 /// One stored version of a record: base key, generation, payload (None: tombstone).
@@ -65,7 +65,7 @@ impl Flusher {
 impl Meta {
     pub fn open(store: &Path) -> Result<Meta> {
         let dir = store.join(META_DIR);
-        let db = open_sled(&dir)?;
+        let db = crate::meta_compact::open(store, &open_sled)?;
         let tree = db.open_tree(TREE)?;
         let flusher = Flusher {
             db: db.clone(),
@@ -97,6 +97,11 @@ impl Meta {
         {
             self.view = view.clone();
         }
+    }
+
+    /// A handle on the database, to measure it without the state lock (`content_bytes`).
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
     }
 
     /// The committed records (sled's tree), without the overlay. For passes that read
@@ -329,6 +334,19 @@ impl Meta {
     pub fn flusher(&self) -> Flusher {
         self.flusher.clone()
     }
+}
+
+/// Bytes of keys and values in every tree of `db`: what a compacted database holds, give
+/// or take sled's own overhead.
+pub fn content_bytes(db: &sled::Db) -> Result<u64> {
+    let mut content = 0u64;
+    for name in db.tree_names() {
+        for item in db.open_tree(&name)?.iter() {
+            let (k, v) = item?;
+            content += (k.len() + v.len()) as u64;
+        }
+    }
+    Ok(content)
 }
 
 /// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can

@@ -10,12 +10,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 use strata_snapshot::GcReport;
 
 use crate::control::proto::Request;
 use crate::error::EXIT_FAILURE;
-use crate::{output, session};
+use crate::{output, session, store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,7 +37,17 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     if std::io::stderr().is_terminal() {
         eprintln!("collecting garbage in {} ...", target.store.display());
     }
-    let report: GcReport = session::run(&target.store, &Request::Gc)?;
+    let mut report: GcReport = session::run(&target.store, &Request::Gc)?;
+    if report.meta_compaction_pending && session::daemon_status(&target.store)?.is_none() {
+        // Unmounted: opening the store compacts meta/ now (mounted: at the next mount).
+        let (path, store) = store::open(&target.store)?;
+        store
+            .close()
+            .map_err(|err| anyhow!(err))
+            .with_context(|| format!("cannot close the store {}", path.display()))?;
+        report.meta_bytes = strata_snapshot::disk_bytes(&path.join("meta"));
+        report.meta_compaction_pending = false;
+    }
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         if let Some(object) = value.as_object_mut() {

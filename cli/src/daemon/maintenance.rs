@@ -120,6 +120,12 @@ fn flatten(daemon: &Daemon) {
             }
             !daemon.is_closing()
         });
+    if result.as_ref().is_ok_and(|r| r.generations_removed > 0) {
+        // What the removed generations held is gone from sled's trees, not its file.
+        if let Err(e) = daemon.store.check_meta_size() {
+            error!("cannot measure meta/: {e}");
+        }
+    }
     match result {
         Ok(r) if r.batches > 0 => info!(
             "flattened: {} deleted generations removed, {} records folded, {} dropped, {} batches (longest {} ms), {} ms",
