@@ -42,6 +42,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import mount, run, umount, unmount_all
+
 STRATA, WORK, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 E = os.environ
 FILE_MIB = int(E.get("BENCH_GEN_FILE_MIB", "256"))
@@ -52,31 +54,11 @@ REPEAT = int(E.get("BENCH_GEN_REPEAT", "3"))
 SEED = int(E.get("BENCH_GEN_SEED", "1"))
 REMOUNT = E.get("BENCH_GEN_REMOUNT", "1") != "0"
 INIT_ARGS = shlex.split(E.get("STRATA_INIT_ARGS", ""))
-MOUNTS = []
 MIB = 1 << 20
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] generations: {msg}", flush=True)
-
-
-def run(*args, check=True):
-    p = subprocess.run([STRATA, *args], capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise SystemExit(f"strata {' '.join(args)} failed: {p.stderr.strip()}")
-    return p
-
-
-def mount(store, mnt):
-    os.makedirs(mnt, exist_ok=True)
-    run("mount", store, mnt)
-    MOUNTS.append(mnt)
-
-
-def umount(mnt):
-    run("umount", mnt, check=False)
-    if mnt in MOUNTS:
-        MOUNTS.remove(mnt)
 
 
 def drop_caches():
@@ -329,8 +311,7 @@ def main():
         }
         subprocess.run(["rm", "-rf", b.base])
     finally:
-        for m in list(MOUNTS):
-            umount(m)
+        unmount_all()
     with open(OUT, "w") as f:
         json.dump(result, f, indent=1)
 

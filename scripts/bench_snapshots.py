@@ -22,29 +22,11 @@ import subprocess
 import sys
 import time
 
+from benchlib import mount, run, umount, unmount_all
+
 STRATA, WORK, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 SIZES = [float(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "0.1,1,10").split(",")]
 ROUNDS = int(os.environ.get("BENCH_SNAPSHOT_ROUNDS", "100"))
-MOUNTS = []
-
-
-def run(*args, check=True):
-    p = subprocess.run([STRATA, *args], capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise SystemExit(f"strata {' '.join(args)} failed: {p.stderr.strip()}")
-    return p
-
-
-def mount(store, mnt):
-    os.makedirs(mnt, exist_ok=True)
-    run("mount", store, mnt)
-    MOUNTS.append(mnt)
-
-
-def umount(mnt):
-    run("umount", mnt, check=False)
-    if mnt in MOUNTS:
-        MOUNTS.remove(mnt)
 
 
 def syncfs(path):
@@ -190,8 +172,7 @@ def main():
         for row in result["growth"]:
             print(f"growth: {row}", flush=True)
     finally:
-        for m in list(MOUNTS):
-            umount(m)
+        unmount_all()
     with open(OUT, "w") as f:
         json.dump(result, f, indent=1)
 
