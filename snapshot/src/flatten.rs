@@ -50,7 +50,7 @@ const KINDS: [u8; 5] = [
     keys::XATTR,
 ];
 /// Records examined per batch by default (one batch holds the state lock).
-pub const DEFAULT_BATCH_RECORDS: usize = 20_000;
+pub const DEFAULT_BATCH_RECORDS: usize = 4_096;
 
 /// What a flatten run did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
