@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import mount, run, umount, unmount_all
+from benchlib import dir_bytes, mount, pct, run, umount, unmount_all
 
 STRATA, WORK, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 E = os.environ
@@ -65,22 +65,6 @@ def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
-
-
-def dir_bytes(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
-
-
-def pct(values, q):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
 def block_size(store):

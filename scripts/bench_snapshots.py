@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import mount, run, umount, unmount_all
+from benchlib import dir_bytes, mount, pct, run, umount, unmount_all
 
 STRATA, WORK, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 SIZES = [float(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "0.1,1,10").split(",")]
@@ -56,22 +56,6 @@ def fill(path, size, compressible):
             left -= n
         f.flush()
         os.fsync(f.fileno())
-
-
-def dir_bytes(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
-
-
-def pct(values, q):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
 def latency(size_gib):

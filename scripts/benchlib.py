@@ -1,6 +1,6 @@
 """Helpers shared by the strata-only benchmark parts (bench_snapshots.py,
-bench_generations.py): running the strata binary, and mounts that are unmounted on exit
-(`unmount_all` in a `finally`)."""
+bench_generations.py): running the strata binary, mounts that are unmounted on exit
+(`unmount_all` in a `finally`), disk usage and percentiles."""
 import os
 import subprocess
 import sys
@@ -31,3 +31,20 @@ def umount(mnt):
 def unmount_all():
     for m in list(MOUNTS):
         umount(m)
+
+
+def dir_bytes(path):
+    """Bytes the files under `path` take on disk (allocated blocks, as du)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
