@@ -1,7 +1,7 @@
 //! Holds, pruning and automatic snapshots, end to end: `snapshot hold|release|prune`
-//! unmounted and mounted, and a daemon taking automatic snapshots on a schedule and
-//! pruning them by its keep rules. (The retention rules themselves are tested over a
-//! simulated clock in the snapshot crate.)
+//! unmounted and mounted, and a daemon taking automatic snapshots on a schedule, pruning
+//! them by its keep rules, then flattening and collecting what it pruned. (The retention
+//! rules themselves are tested over a simulated clock in the snapshot crate.)
 
 use strata_tests::cli::snapshots;
 use strata_tests::{strata, TestStore};
@@ -82,6 +82,23 @@ fn the_daemon_takes_and_prunes_automatic_snapshots() {
     std::fs::write(ts.path("f"), b"data").unwrap();
     strata(["snapshot", "create", mnt, "manual"]).assert_success();
     std::thread::sleep(std::time::Duration::from_millis(3500));
+    // After a prune removed snapshots, the daemon flattens them away and runs gc.
+    let log_path = ts.store.join("daemon.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("gc after pruning") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for line in [
+        "pruned automatic snapshot",
+        "flattened:",
+        "gc after pruning",
+    ] {
+        assert!(log.contains(line), "{line:?} not in the daemon log:\n{log}");
+    }
     strata(["umount", mnt]).assert_success();
     let names: Vec<String> = list(store).into_iter().map(|(n, _)| n).collect();
     let auto: Vec<&String> = names.iter().filter(|n| n.starts_with("auto-")).collect();
