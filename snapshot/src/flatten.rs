@@ -303,27 +303,29 @@ impl Store {
             *inos = Some((gens_of_pass, set.into_iter().collect()));
         }
         let inos = &inos.as_ref().unwrap().1;
-        let units: Vec<(u8, InodeNo)> = KINDS
-            .iter()
-            .flat_map(|k| inos.iter().map(move |i| (*k, *i)))
-            .collect();
+        // Units (record kind, inode) in key order: unit i is KINDS[i / n], inos[i % n].
+        let n = inos.len();
+        let unit_at = |i: usize| (KINDS[i / n], inos[i % n]);
+        let total_units = KINDS.len() * n;
         let first = match pass.unit {
             None => 0,
-            Some(u) => units.partition_point(|x| *x < u),
+            Some((kind, ino)) => {
+                let k = KINDS.iter().position(|x| *x == kind).unwrap_or(KINDS.len());
+                k * n + inos.partition_point(|x| *x < ino)
+            }
         };
-        let tree = st.meta.committed();
         let mut views: HashMap<GenerationId, View> = HashMap::new();
         let mut batch = Batch::default();
         // Work done: versions read plus units visited (an empty unit costs a seek).
         let mut work = 0usize;
         let mut unit = first;
         let mut finished = true;
-        while unit < units.len() {
+        while unit < total_units {
             if work >= budget {
                 finished = false;
                 break;
             }
-            let (kind, ino) = units[unit];
+            let (kind, ino) = unit_at(unit);
             let mut prefix = vec![kind];
             prefix.extend_from_slice(&ino.0.to_be_bytes());
             let lo = match &pass.base {
@@ -331,10 +333,8 @@ impl Store {
                 _ => prefix.clone(),
             };
             pass.unit = Some((kind, ino));
-            let range = match crate::meta::prefix_end(&prefix) {
-                Some(hi) => tree.range(lo..hi),
-                None => tree.range(lo..),
-            };
+            let hi = crate::meta::prefix_end(&prefix);
+            let range = st.meta.committed_range(&lo, hi.as_deref());
             work += 1;
             let mut group: Vec<(GenerationId, Vec<u8>)> = Vec::new();
             let mut base: Vec<u8> = Vec::new();
@@ -355,7 +355,7 @@ impl Store {
                     }
                     base = kb.to_vec();
                 }
-                group.push((g, v.to_vec()));
+                group.push((g, v));
             }
             if stopped {
                 finished = false;
@@ -366,10 +366,10 @@ impl Store {
                 self.fold(st, &pass, &base, &group, &mut views, &mut batch)?;
             }
             unit += 1;
-            pass.unit = units.get(unit).copied();
+            pass.unit = (unit < total_units).then(|| unit_at(unit));
             pass.base = None;
         }
-        let total = units.len() as u64;
+        let total = total_units as u64;
         let generations = pass.heirs.len() as u64;
         let mut removed = 0;
         if finished {
@@ -519,10 +519,16 @@ impl Store {
             .flatten_serial
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let tree = self.lock().meta.committed();
+        let records: Vec<_> = {
+            let st = self.lock();
+            KINDS
+                .iter()
+                .map(|kind| st.meta.committed_range(&[*kind], Some(&[*kind + 1])))
+                .collect()
+        };
         let mut out = BTreeMap::new();
-        for kind in KINDS {
-            for item in tree.range([kind]..[kind + 1]) {
+        for range in records {
+            for item in range {
                 let (k, _) = item?;
                 if k.len() < keys::GEN_SUFFIX_LEN + 9 {
                     continue;

@@ -162,9 +162,9 @@ impl Store {
     /// Returns the bytes on disk, the bytes held, and whether a compaction is pending.
     /// Reads the database without the state lock (one pass over every tree).
     pub fn check_meta_size(&self) -> Result<(u64, u64, bool)> {
-        let db = self.lock().meta.db();
-        let content = crate::meta::content_bytes(&db)?;
-        drop(db);
+        let probe = self.lock().meta.size_probe();
+        let content = probe.content_bytes()?;
+        drop(probe);
         let disk = crate::durable::dir_bytes(&self.path.join(META_DIR));
         let compact = crate::meta_compact::wants_compaction(disk, content);
         if compact {

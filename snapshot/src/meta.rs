@@ -99,16 +99,36 @@ impl Meta {
         }
     }
 
-    /// A handle on the database, to measure it without the state lock (`content_bytes`).
-    pub fn db(&self) -> sled::Db {
-        self.db.clone()
+    /// Committed records with keys in `[lo, hi)` (`hi = None`: to the end), in key
+    /// order, without the overlay. The iterator owns its handle on sled, so it can be
+    /// read while the caller stages changes in the overlay (flattening does, after a
+    /// commit emptied it), or without the state lock.
+    pub fn committed_range(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'static {
+        let range = match hi {
+            Some(h) => self.tree.range(lo.to_vec()..h.to_vec()),
+            None => self.tree.range(lo.to_vec()..),
+        };
+        range.map(|item| {
+            let (k, v) = item?;
+            Ok((k.to_vec(), v.to_vec()))
+        })
     }
 
-    /// The committed records (sled's tree), without the overlay. For passes that read
-    /// sled while they stage changes in the overlay (flattening, after a commit emptied
-    /// it).
-    pub fn committed(&self) -> sled::Tree {
-        self.tree.clone()
+    /// A handle that measures the database without the state lock (`SizeProbe::content_bytes`).
+    pub fn size_probe(&self) -> SizeProbe {
+        SizeProbe {
+            db: self.db.clone(),
+        }
+    }
+
+    /// The database itself (tests compare whole databases).
+    #[cfg(test)]
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
     }
 
     pub fn view(&self) -> &View {
@@ -336,17 +356,24 @@ impl Meta {
     }
 }
 
-/// Bytes of keys and values in every tree of `db`: what a compacted database holds, give
-/// or take sled's own overhead.
-pub fn content_bytes(db: &sled::Db) -> Result<u64> {
-    let mut content = 0u64;
-    for name in db.tree_names() {
-        for item in db.open_tree(&name)?.iter() {
-            let (k, v) = item?;
-            content += (k.len() + v.len()) as u64;
+/// Measures the metadata database (`Meta::size_probe`).
+pub struct SizeProbe {
+    db: sled::Db,
+}
+
+impl SizeProbe {
+    /// Bytes of keys and values in every tree: what a compacted database holds, give or
+    /// take sled's own overhead. One pass over every tree.
+    pub fn content_bytes(&self) -> Result<u64> {
+        let mut content = 0u64;
+        for name in self.db.tree_names() {
+            for item in self.db.open_tree(&name)?.iter() {
+                let (k, v) = item?;
+                content += (k.len() + v.len()) as u64;
+            }
         }
+        Ok(content)
     }
-    Ok(content)
 }
 
 /// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can

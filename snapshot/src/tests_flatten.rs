@@ -291,7 +291,7 @@ fn deleting_every_snapshot_leaves_one_generation_per_branch() {
     // No record of any other generation is left, and no tombstone without a reason.
     let head = main.generation();
     let st = s.lock();
-    for item in st.meta.committed().iter() {
+    for item in st.meta.committed_range(&[], None) {
         let (k, v) = item.unwrap();
         if [b'I', b'D', b'X', b'B', b'O'].contains(&k[0]) {
             let (_, g) = crate::keys::split_versioned(&k);
