@@ -220,6 +220,23 @@ pub fn gc_report(r: &GcReport, exact: bool) -> String {
     out
 }
 
+/// A command's report as one pretty JSON object, with the store's path under `store`
+/// and any `extra` fields.
+pub fn json_with_store(
+    report: &impl serde::Serialize,
+    store: &std::path::Path,
+    extra: &[(&str, serde_json::Value)],
+) -> anyhow::Result<String> {
+    let mut value = serde_json::to_value(report)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("store".into(), store.display().to_string().into());
+        for (key, v) in extra {
+            object.insert((*key).into(), v.clone());
+        }
+    }
+    Ok(serde_json::to_string_pretty(&value)?)
+}
+
 /// `flatten`: one line.
 pub fn flatten_report(r: &FlattenReport) -> String {
     if r.batches == 0 {

@@ -58,11 +58,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             }
         };
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("store".into(), path.display().to_string().into());
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", output::json_with_store(&report, &path, &[])?);
     } else {
         print!("{}", output::flatten_report(&report));
     }

@@ -49,11 +49,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         report.meta_compaction_pending = false;
     }
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("store".into(), target.store.display().to_string().into());
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", output::json_with_store(&report, &target.store, &[])?);
     } else {
         print!("{}", output::gc_report(&report, args.bytes));
     }

@@ -31,11 +31,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let path = target.store.clone();
     let stats: Stats = session::run(&target.store, &Request::Stats)?;
     if args.json {
-        let mut value = serde_json::to_value(&stats)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("store".into(), path.display().to_string().into());
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", crate::output::json_with_store(&stats, &path, &[])?);
     } else {
         print!(
             "{}",

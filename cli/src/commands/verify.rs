@@ -80,12 +80,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     };
 
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("store".into(), path.display().to_string().into());
-            object.insert("clean".into(), report.problems.is_empty().into());
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        let clean = report.problems.is_empty().into();
+        println!(
+            "{}",
+            crate::output::json_with_store(&report, &path, &[("clean", clean)])?
+        );
     } else {
         for problem in &report.problems {
             println!("problem: {}", crate::error::one_line(problem));

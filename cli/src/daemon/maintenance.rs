@@ -84,7 +84,7 @@ fn run(daemon: &Daemon) {
         };
         let Some(_busy) = daemon.begin() else { return };
         if wants.flatten {
-            flatten(daemon);
+            flatten(daemon, !wants.gc);
         }
         if wants.gc && !daemon.is_closing() {
             match daemon.store.gc() {
@@ -98,7 +98,9 @@ fn run(daemon: &Daemon) {
     }
 }
 
-fn flatten(daemon: &Daemon) {
+/// Flattens what is pending; with `measure`, then checks whether `meta/` wants a
+/// compaction (a gc that follows does that check itself).
+fn flatten(daemon: &Daemon, measure: bool) {
     match daemon.store.flatten_pending() {
         Ok(false) => return,
         Ok(true) => {}
@@ -120,7 +122,7 @@ fn flatten(daemon: &Daemon) {
             }
             !daemon.is_closing()
         });
-    if result.as_ref().is_ok_and(|r| r.generations_removed > 0) {
+    if measure && result.as_ref().is_ok_and(|r| r.generations_removed > 0) {
         // What the removed generations held is gone from sled's trees, not its file.
         if let Err(e) = daemon.store.check_meta_size() {
             error!("cannot measure meta/: {e}");
