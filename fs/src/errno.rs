@@ -3,7 +3,6 @@
 //! decided by `fs` itself (EROFS and EXDEV around snapshots) are plain `Errno`s.
 
 use fuser::Errno;
-use strata_blockstore as _;
 use strata_snapshot::Error;
 
 pub fn errno(e: &Error) -> Errno {
@@ -24,15 +23,9 @@ pub fn errno(e: &Error) -> Errno {
         Error::NotSupported(_) => libc::EOPNOTSUPP,
         Error::FileTooBig => libc::EFBIG,
         Error::TooManyLinks => libc::EMLINK,
-        Error::Block(b) => match b {
-            strata_blockstore::Error::NoSpace { .. } => libc::ENOSPC,
-            strata_blockstore::Error::Io { .. }
-            | strata_blockstore::Error::Corrupt { .. }
-            | strata_blockstore::Error::NotFound(_)
-            | strata_blockstore::Error::Index(_) => libc::EIO,
-        },
+        Error::Block(_) | Error::Io { .. } if e.is_disk_full() => libc::ENOSPC,
+        Error::Block(_) => libc::EIO,
         Error::Io { source, .. } => match source.raw_os_error() {
-            Some(libc::ENOSPC) => libc::ENOSPC,
             Some(libc::EDQUOT) => libc::EDQUOT,
             _ => libc::EIO,
         },

@@ -74,6 +74,16 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Whether this says the disk under the store is full, whichever layer saw it (the
+    /// file system maps it to ENOSPC; it never needs the block store's error type).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::NoSpace | Error::Block(blockstore::Error::NoSpace { .. }) => true,
+            Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
