@@ -47,13 +47,23 @@ pub struct MountOptions {
     pub threads: usize,
     /// Name shown as the mount's source in /proc/mounts (the store path).
     pub fsname: String,
+    /// The kernel's readahead window for files of the mount, in bytes (0: leave the
+    /// kernel's default, 128 KiB). See `set_readahead`.
+    pub readahead: u64,
 }
+
+/// Readahead set on every mount: large enough that a sequential read asks the daemon for
+/// 1 MiB requests (FUSE's largest) several at a time, so the blocks of a file that
+/// copy-on-write scattered over the packs are fetched together (BENCHMARKS.md, "1000
+/// generations").
+pub const DEFAULT_READAHEAD: u64 = 4 << 20;
 
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             threads: 4,
             fsname: "strata".into(),
+            readahead: DEFAULT_READAHEAD,
         }
     }
 }
@@ -154,6 +164,9 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
     let invalidator = Invalidator::new(&shared);
     drop(shared); // the session owns the adapter; the invalidator only refers to it
     let session = session.spawn()?;
+    if opts.readahead > 0 {
+        set_readahead(mountpoint, opts.readahead);
+    }
     tracing::info!(
         mountpoint = %mountpoint.display(),
         store = %store.path().display(),
@@ -168,6 +181,35 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
         },
         invalidator,
     })
+}
+
+/// Sets the readahead window of the mount's backing device info
+/// (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`, the device of the mount's root). FUSE
+/// cannot ask for more than the kernel's 128 KiB default at INIT, so sequential reads
+/// would reach the daemon as 128 KiB requests one or two at a time; the sysfs knob is the
+/// documented way to raise it (it is root's: an unprivileged mount keeps the default).
+/// Called once the session serves requests: the stat below is one of them.
+fn set_readahead(mountpoint: &Path, bytes: u64) {
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(md) => md.dev(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot stat the mount point to set its readahead");
+            return;
+        }
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kb = (bytes / 1024).max(4);
+    match std::fs::write(&path, format!("{kb}\n")) {
+        Ok(()) => tracing::debug!(path, kb, "readahead set"),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::debug!(path, "readahead left at the kernel's default (not root)")
+        }
+        Err(e) => tracing::warn!(path, error = %e, "cannot set the mount's readahead"),
+    }
 }
 
 /// Opens /dev/fuse and mounts it at `mountpoint` as `fuse.strata` (root only).

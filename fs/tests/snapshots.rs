@@ -53,6 +53,7 @@ impl Fixture {
         let opts = MountOptions {
             threads: 2,
             fsname: "strata-test".into(),
+            ..MountOptions::default()
         };
         let m = strata_fs::mount(volume, &mp, &opts).unwrap();
         self.mounts.push((mp.clone(), Some(m)));
@@ -231,6 +232,46 @@ fn a_snapshot_keeps_the_old_content() {
     // copies through the page cache).
     fs::copy(s.join("d/f"), mp.join("restored")).unwrap();
     assert_eq!(fs::read(mp.join("restored")).unwrap(), b"old");
+}
+
+#[test]
+fn a_mount_gets_a_large_readahead_and_reads_scattered_blocks_back() {
+    let mut f = Fixture::new();
+    let mp = f.mount_main();
+    let dev = fs::metadata(&mp).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kb: u64 = fs::read_to_string(&knob).unwrap().trim().parse().unwrap();
+    assert_eq!(kb, strata_fs::DEFAULT_READAHEAD / 1024, "{knob}");
+    // 64 blocks written in order, then every third rewritten after a snapshot: a
+    // sequential read crosses scattered and contiguous runs of records.
+    let block = |i: usize, round: u8| -> Vec<u8> {
+        (0..32768)
+            .map(|k| (k as u8) ^ (i as u8).wrapping_mul(31) ^ round)
+            .collect()
+    };
+    let mut want: Vec<u8> = (0..64).flat_map(|i| block(i, 0)).collect();
+    fs::write(mp.join("f"), &want).unwrap();
+    f.store().snapshot_create("main", "s").unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap();
+    for i in (0..64).rev().step_by(3) {
+        let b = block(i, 7);
+        std::os::unix::fs::FileExt::write_all_at(&file, &b, (i * 32768) as u64).unwrap();
+        want[i * 32768..(i + 1) * 32768].copy_from_slice(&b);
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    assert!(fs::read(mp.join("f")).unwrap() == want);
+    assert_eq!(
+        fs::read(mp.join(".snapshots/s/f")).unwrap().len(),
+        64 * 32768
+    );
 }
 
 #[test]

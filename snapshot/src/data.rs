@@ -13,6 +13,8 @@
 //! - A map record only ever names a block whose pack data is durable (records are written
 //!   by the commit after the pack fsync, or copied from existing committed records).
 
+use std::collections::HashMap;
+
 use strata_blockstore::{is_zero, BlockId};
 
 use crate::codec::{self, InodeRecord};
@@ -264,16 +266,26 @@ impl Volume {
         let bs = self.bs();
         // (block id, offset in block, offset in out, length) to fetch without the lock.
         let mut fetch: Vec<(BlockId, usize, usize, usize)> = Vec::new();
+        // The committed block map of the whole range in one forward scan (a lookup per
+        // block would descend the tree twice for each).
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let committed: HashMap<u64, BlockId> = st
+            .meta
+            .scan_range(&keys::block(ino, first), Some(&keys::block(ino, last + 1)))?
+            .into_iter()
+            .map(|(base, v)| Ok((keys::block_index(&base), codec::decode_block(&v)?)))
+            .collect::<Result<_>>()?;
+        let dirty = st.dirty_of(ino);
         let mut pos = offset;
         while pos < end {
             let idx = pos / bs;
             let boff = (pos % bs) as usize;
             let n = ((bs as usize) - boff).min((end - pos) as usize);
             let o = (pos - offset) as usize;
-            if let Some(buf) = st.dirty_of(ino).and_then(|d| d.blocks.get(&idx)) {
+            if let Some(buf) = dirty.and_then(|d| d.blocks.get(&idx)) {
                 out[o..o + n].copy_from_slice(&buf[boff..boff + n]);
-            } else if let Some(id) = st.committed_block(ino, idx)? {
-                fetch.push((id, boff, o, n));
+            } else if let Some(id) = committed.get(&idx) {
+                fetch.push((*id, boff, o, n));
             }
             pos += n as u64;
         }
@@ -283,8 +295,9 @@ impl Volume {
             self.read_pause_us
                 .load(std::sync::atomic::Ordering::Relaxed),
         ));
-        for (id, boff, o, n) in fetch {
-            let data = self.blocks.get(&id).inspect_err(|e| {
+        let ids: Vec<BlockId> = fetch.iter().map(|f| f.0).collect();
+        for ((_, boff, o, n), data) in fetch.into_iter().zip(self.blocks.get_many(&ids)) {
+            let data = data.inspect_err(|e| {
                 tracing::error!(ino = ino.0, offset = offset + o as u64, error = %e, "block read failed");
             })?;
             // A stored block may be shorter than `bs` (trimmed at the end of file when it

@@ -325,3 +325,33 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn get_many_reads_scattered_contiguous_and_missing_blocks_in_order() {
+    let mut fx = Fixture::new();
+    let store = fx.open();
+    let blocks: Vec<Vec<u8>> = (0..24).map(|i| noise(100 + i, 32 << 10)).collect();
+    let ids: Vec<BlockId> = blocks.iter().map(|b| store.put(b).unwrap()).collect();
+    store.sync().unwrap();
+    // Contiguous (put order), scattered (reversed, strided), repeated, and one unknown.
+    let missing = BlockId::of(b"never stored");
+    let mut order: Vec<usize> = (0..24).collect();
+    order.extend((0..24).rev().step_by(5));
+    order.extend([3, 3, 17]);
+    let mut asked: Vec<BlockId> = order.iter().map(|&i| ids[i]).collect();
+    asked.insert(7, missing);
+    let got = store.get_many(&asked);
+    assert_eq!(got.len(), asked.len());
+    for (k, (id, r)) in asked.iter().zip(got).enumerate() {
+        if *id == missing {
+            assert!(
+                matches!(r, Err(Error::NotFound(x)) if x == missing),
+                "entry {k}"
+            );
+        } else {
+            let i = ids.iter().position(|x| x == id).unwrap();
+            assert_eq!(r.unwrap(), blocks[i], "entry {k}");
+        }
+    }
+    assert!(store.get_many(&[]).is_empty());
+}

@@ -179,6 +179,7 @@ impl Daemon {
         let options = MountOptions {
             threads: threads.unwrap_or(self.threads).max(1),
             fsname: self.store_path.display().to_string(),
+            ..MountOptions::default()
         };
         let mounted = strata_fs::mount(volume, &mount_point, &options).with_context(|| {
             format!(
