@@ -328,7 +328,7 @@ mod prop {
 
 #[test]
 fn get_many_reads_scattered_contiguous_and_missing_blocks_in_order() {
-    let mut fx = Fixture::new();
+    let fx = Fixture::new();
     let store = fx.open();
     let blocks: Vec<Vec<u8>> = (0..24).map(|i| noise(100 + i, 32 << 10)).collect();
     let ids: Vec<BlockId> = blocks.iter().map(|b| store.put(b).unwrap()).collect();
