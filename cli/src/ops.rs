@@ -96,6 +96,17 @@ pub fn execute(
     host: &dyn Host,
     request: &Request,
 ) -> Result<serde_json::Value> {
+    execute_with_progress(store, host, request, &mut |_, _| {})
+}
+
+/// `execute`, telling `progress` (done, total) how far a verify (pack bytes) or a
+/// flatten (record versions) has got.
+pub fn execute_with_progress(
+    store: &Arc<Store>,
+    host: &dyn Host,
+    request: &Request,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<serde_json::Value> {
     let value = match request {
         Request::Ping | Request::Mount { .. } => {
             bail!("`{}` is answered by the daemon only", request.op())
@@ -146,11 +157,12 @@ pub fn execute(
             })?
         }
         Request::Stats => serde_json::to_value(store.stats().map_err(model)?)?,
-        Request::Verify { rate_mib } => {
+        Request::Verify { rate_mib, .. } => {
             let started = std::time::Instant::now();
             let rate = rate_mib.map(|r| r.max(1) as f64 * 1048576.0);
             let report = store
-                .verify(&mut |done, _total| {
+                .verify(&mut |done, total| {
+                    progress(done, total);
                     // Throttle: stay at or below `rate` bytes of packs per second.
                     if let Some(rate) = rate {
                         let due = std::time::Duration::from_secs_f64(done as f64 / rate);
@@ -163,9 +175,12 @@ pub fn execute(
             serde_json::to_value(report)?
         }
         Request::Gc => serde_json::to_value(store.gc().map_err(model)?)?,
-        Request::Flatten => serde_json::to_value(
+        Request::Flatten { .. } => serde_json::to_value(
             store
-                .flatten(flatten_batch(), FLATTEN_PAUSE, &mut |_| true)
+                .flatten(flatten_batch(), FLATTEN_PAUSE, &mut |p| {
+                    progress(p.done, p.total);
+                    true
+                })
                 .map_err(model)?,
         )?,
         Request::SnapshotHold { name, hold } => {

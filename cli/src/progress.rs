@@ -1,5 +1,6 @@
-//! A one-line progress display on a terminal (stderr), for long commands run without
-//! the daemon (`verify`, `flatten`).
+//! A one-line progress display on a terminal (stderr), for long commands (`verify`,
+//! `flatten`): fed by the store when the command runs it, by the daemon's progress lines
+//! (docs/control-socket.md) when the daemon does.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};

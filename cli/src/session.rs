@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use strata_snapshot::{Error as StoreError, Store};
 
 use crate::control::client::{self, REPLY_TIMEOUT};
-use crate::control::proto::{Request, Response, Status};
+use crate::control::proto::{Progress, Request, Response, Status};
 use crate::control::socket_path;
 use crate::mountinfo::{self, MountEntry};
 use crate::ops::{self, NoMounts};
@@ -198,10 +198,20 @@ pub enum Route {
 /// Sends `request` to the daemon of `store`, waiting (up to `WAIT`) while the store's
 /// lock is held by a daemon that does not answer yet; `Route::Free` if there is none.
 pub fn route(store: &Path, request: &Request) -> Result<Route> {
+    route_with_progress(store, request, &mut |_| {})
+}
+
+/// `route`, handing the daemon's progress lines to `progress`.
+pub fn route_with_progress(
+    store: &Path,
+    request: &Request,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Route> {
     let deadline = Instant::now() + WAIT;
     let mut noted = false;
     loop {
-        if let Some(response) = client::send(store, request, REPLY_TIMEOUT)? {
+        if let Some(response) = client::send_with_progress(store, request, REPLY_TIMEOUT, progress)?
+        {
             if !response.closing {
                 return Ok(Route::Daemon(response));
             }

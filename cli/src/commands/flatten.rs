@@ -2,7 +2,7 @@
 //! into what is kept, so reads stay one lookup and their metadata leaves the store
 //! (docs/generations.md, "Flattening"). The daemon of a mounted store does this by
 //! itself after every deletion; this command runs it now: through the daemon when
-//! mounted, else it opens the store and shows progress on a terminal. Resumable: an
+//! mounted, else it opens the store; either way with progress on a terminal. Resumable: an
 //! interrupted run continues where it stopped.
 
 use std::io::IsTerminal;
@@ -31,32 +31,40 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
-    let (path, report): (PathBuf, FlattenReport) =
-        match session::route(&target.store, &Request::Flatten)? {
-            Route::Daemon(response) => {
-                let report = serde_json::from_value(session::into_result(response)?)
-                    .context("unexpected reply from the strata daemon")?;
-                (target.store.clone(), report)
+    let request = Request::Flatten {
+        progress: std::io::stderr().is_terminal(),
+    };
+    // Through the daemon: its progress lines drive the same display.
+    let mut progress = Progress::new("flattening");
+    let routed = session::route_with_progress(&target.store, &request, &mut |p| {
+        progress.update(p.done, p.total)
+    });
+    progress.clear();
+    let (path, report): (PathBuf, FlattenReport) = match routed? {
+        Route::Daemon(response) => {
+            let report = serde_json::from_value(session::into_result(response)?)
+                .context("unexpected reply from the strata daemon")?;
+            (target.store.clone(), report)
+        }
+        Route::Free => {
+            let (path, store) = store::open(&target.store)?;
+            if std::io::stderr().is_terminal() {
+                eprintln!("flattening {} ...", path.display());
             }
-            Route::Free => {
-                let (path, store) = store::open(&target.store)?;
-                if std::io::stderr().is_terminal() {
-                    eprintln!("flattening {} ...", path.display());
-                }
-                let mut progress = Progress::new("flattening");
-                let result = store.flatten(crate::ops::flatten_batch(), Duration::ZERO, &mut |p| {
-                    progress.update(p.done, p.total);
-                    true
-                });
-                progress.clear();
-                let report = result.map_err(|err| anyhow!(err))?;
-                store
-                    .close()
-                    .map_err(|err| anyhow!(err))
-                    .with_context(|| format!("cannot close the store {}", path.display()))?;
-                (path, report)
-            }
-        };
+            let mut progress = Progress::new("flattening");
+            let result = store.flatten(crate::ops::flatten_batch(), Duration::ZERO, &mut |p| {
+                progress.update(p.done, p.total);
+                true
+            });
+            progress.clear();
+            let report = result.map_err(|err| anyhow!(err))?;
+            store
+                .close()
+                .map_err(|err| anyhow!(err))
+                .with_context(|| format!("cannot close the store {}", path.display()))?;
+            (path, report)
+        }
+    };
     if args.json {
         println!("{}", output::json_with_store(&report, &path, &[])?);
     } else {

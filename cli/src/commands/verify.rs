@@ -1,7 +1,7 @@
 //! `strata verify STORE [--json] [--rate MIB]`: read and check every block and every tree
-//! (each branch and snapshot) of a store. Unmounted, the command opens the store and shows
-//! progress on a terminal; mounted, the daemon does it (a scrub) while the mounts keep
-//! serving, reading packs at most `--rate` MiB/s. Each problem on its own line, naming
+//! (each branch and snapshot) of a store, with progress on a terminal. Unmounted, the
+//! command opens the store; mounted, the daemon does it (a scrub) while the mounts keep
+//! serving, reading packs at most `--rate` MiB/s, and sends its progress. Each problem on its own line, naming
 //! the file, offset and generation; exit 1 if any.
 
 use std::io::IsTerminal;
@@ -45,17 +45,29 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Some(r) => Some(r),
         None => Some(MOUNTED_RATE_MIB),
     };
-    let request = Request::Verify { rate_mib: rate };
-    let (path, report) = match session::route(&target.store, &request)? {
+    let terminal = std::io::stderr().is_terminal();
+    let request = Request::Verify {
+        rate_mib: rate,
+        progress: terminal,
+    };
+    // Through the daemon: its progress lines drive the same display.
+    let mut progress = Progress::new("verifying");
+    let mut announced = false;
+    let routed = session::route_with_progress(&target.store, &request, &mut |p| {
+        if !announced {
+            eprintln!(
+                "verifying {} through its daemon (mounted){} ...",
+                target.store.display(),
+                rate.map(|r| format!(", at most {r} MiB/s"))
+                    .unwrap_or_default()
+            );
+            announced = true;
+        }
+        progress.update(p.done, p.total);
+    });
+    progress.clear();
+    let (path, report) = match routed? {
         Route::Daemon(response) => {
-            if std::io::stderr().is_terminal() {
-                eprintln!(
-                    "verifying {} through its daemon (mounted){} ...",
-                    target.store.display(),
-                    rate.map(|r| format!(", at most {r} MiB/s"))
-                        .unwrap_or_default()
-                );
-            }
             let report: VerifyReport = serde_json::from_value(session::into_result(response)?)
                 .context("unexpected reply from the strata daemon")?;
             (target.store.clone(), report)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
-use super::proto::{Request, Response};
+use super::proto::{Progress, ProgressLine, Request, Response};
 use super::{socket_path, SOCKET_NAME};
 
 /// How long a command waits for the daemon's reply (a `snapshot list` walks every record
@@ -75,6 +75,18 @@ pub fn connect(store: &Path) -> Result<Option<UnixStream>> {
 /// Sends `request` to the daemon of `store` and returns its reply; `Ok(None)` if no
 /// daemon listens there.
 pub fn send(store: &Path, request: &Request, timeout: Duration) -> Result<Option<Response>> {
+    send_with_progress(store, request, timeout, &mut |_| {})
+}
+
+/// `send`, handing every progress line the daemon sends before its reply to `progress`
+/// (the request asks for them with its `progress` field). `timeout` bounds the wait for
+/// each line.
+pub fn send_with_progress(
+    store: &Path,
+    request: &Request,
+    timeout: Duration,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Option<Response>> {
     let Some(stream) = connect(store)? else {
         return Ok(None);
     };
@@ -86,13 +98,18 @@ pub fn send(store: &Path, request: &Request, timeout: Duration) -> Result<Option
             socket.display()
         )
     };
-    exchange(stream, request, reply_timeout(timeout))
+    exchange(stream, request, reply_timeout(timeout), progress)
         .map(Some)
         .map_err(|err| broken(err.to_string()))
 }
 
 /// One exchange on a connected stream.
-fn exchange(mut stream: UnixStream, request: &Request, timeout: Duration) -> io::Result<Response> {
+fn exchange(
+    mut stream: UnixStream,
+    request: &Request,
+    timeout: Duration,
+    progress: &mut dyn FnMut(Progress),
+) -> io::Result<Response> {
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     stream.set_read_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
@@ -100,26 +117,38 @@ fn exchange(mut stream: UnixStream, request: &Request, timeout: Duration) -> io:
     stream.write_all(line.as_bytes())?;
     stream.flush()?;
     let mut reader = BufReader::new(stream);
-    let mut reply = String::new();
-    match reader.read_line(&mut reply) {
-        Ok(0) => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "it closed the connection without a reply",
-        )),
-        Ok(_) => serde_json::from_str(reply.trim_end())
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {err}"))),
-        Err(err)
-            if matches!(
-                err.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no reply within {} s", timeout.as_secs()),
-            ))
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "it closed the connection without a reply",
+                ))
+            }
+            Ok(_) => {
+                let line = line.trim_end();
+                if let Ok(ProgressLine { progress: p }) = serde_json::from_str(line) {
+                    progress(p);
+                    continue;
+                }
+                return serde_json::from_str(line).map_err(|err| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {err}"))
+                });
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no reply within {} s", timeout.as_secs()),
+                ))
+            }
+            Err(err) => return Err(err),
         }
-        Err(err) => Err(err),
     }
 }
 

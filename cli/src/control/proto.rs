@@ -67,6 +67,9 @@ pub enum Request {
     Verify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate_mib: Option<u64>,
+        /// Send `Progress` lines before the reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        progress: bool,
     },
     /// Hold (`hold: true`) or release a snapshot.
     SnapshotHold {
@@ -116,7 +119,11 @@ pub enum Request {
     /// Reclaim the space of blocks nothing references (`strata_snapshot::GcReport`).
     Gc,
     /// Fold deleted generations away (`strata_snapshot::FlattenReport`).
-    Flatten,
+    Flatten {
+        /// Send `Progress` lines before the reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        progress: bool,
+    },
 }
 
 impl Request {
@@ -140,7 +147,7 @@ impl Request {
             Request::Diff { .. } => "diff",
             Request::History { .. } => "history",
             Request::Gc => "gc",
-            Request::Flatten => "flatten",
+            Request::Flatten { .. } => "flatten",
         }
     }
 }
@@ -183,6 +190,31 @@ impl Response {
             error: Some("the strata daemon is releasing the store (its last mount ended)".into()),
             closing: true,
         }
+    }
+}
+
+/// How far a long request has got, sent as `{"progress":{"done":N,"total":M}}` lines
+/// before the reply when the request asked for them (`progress: true`): verify counts
+/// pack bytes, flatten record versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// One progress line on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    pub progress: Progress,
+}
+
+impl Request {
+    /// Whether the client asked for progress lines before the reply.
+    pub fn wants_progress(&self) -> bool {
+        matches!(
+            self,
+            Request::Verify { progress: true, .. } | Request::Flatten { progress: true }
+        )
     }
 }
 

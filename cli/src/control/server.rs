@@ -14,13 +14,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, info, warn};
 
 use super::client::{self, with_socket_path};
-use super::proto::{Request, Response, MAX_REQUEST};
+use super::proto::{Progress, ProgressLine, Request, Response, MAX_REQUEST};
 use super::socket_path;
 use crate::daemon::mounts::{Daemon, MountTarget};
 use crate::error::one_line;
@@ -179,7 +179,10 @@ fn serve(stream: UnixStream, daemon: &Arc<Daemon>) {
     let me = unsafe { libc::geteuid() };
     let response = match peer_uid(&stream) {
         Ok(uid) if uid == me || uid == 0 => match read_request(&stream) {
-            Ok(request) => handle(daemon, &request),
+            Ok(request) => {
+                let mut lines = ProgressLines::new(&stream, request.wants_progress());
+                handle(daemon, &request, &mut |done, total| lines.send(done, total))
+            }
             Err(message) => Response::failure(message),
         },
         Ok(uid) => Response::failure(format!(
@@ -197,8 +200,47 @@ fn serve(stream: UnixStream, daemon: &Arc<Daemon>) {
     }
 }
 
-/// Carries out one request.
-fn handle(daemon: &Arc<Daemon>, request: &Request) -> Response {
+/// Progress lines sent before the reply, at most five a second (and the last one), to a
+/// client that asked for them. A client that went away stops them; the request itself
+/// runs to its end (a daemon's flatten or scrub is not tied to the command that asked).
+struct ProgressLines<'a> {
+    stream: Option<&'a UnixStream>,
+    last: Option<Instant>,
+}
+
+impl<'a> ProgressLines<'a> {
+    const EVERY: Duration = Duration::from_millis(200);
+
+    fn new(stream: &'a UnixStream, wanted: bool) -> Self {
+        ProgressLines {
+            stream: wanted.then_some(stream),
+            last: None,
+        }
+    }
+
+    fn send(&mut self, done: u64, total: u64) {
+        let Some(mut stream) = self.stream else {
+            return;
+        };
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now - t < Self::EVERY) && done < total {
+            return;
+        }
+        self.last = Some(now);
+        let line = ProgressLine {
+            progress: Progress { done, total },
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        if let Err(err) = stream.write_all(text.as_bytes()) {
+            debug!("client stopped reading progress: {err}");
+            self.stream = None;
+        }
+    }
+}
+
+/// Carries out one request; `progress` hears how far a long one has got.
+fn handle(daemon: &Arc<Daemon>, request: &Request, progress: &mut dyn FnMut(u64, u64)) -> Response {
     let Some(_busy) = daemon.begin() else {
         return Response::closing();
     };
@@ -221,7 +263,7 @@ fn handle(daemon: &Arc<Daemon>, request: &Request) -> Response {
                 daemon.mount(Path::new(mount_point), &target, *threads)
             })
             .and_then(|info| Ok(serde_json::to_value(info)?)),
-        other => ops::execute(&daemon.store, daemon.as_ref(), other),
+        other => ops::execute_with_progress(&daemon.store, daemon.as_ref(), other, progress),
     };
     match result {
         Ok(value) => {
@@ -261,6 +303,85 @@ mod tests {
         client::send(dir, request, Duration::from_secs(30))
             .unwrap()
             .expect("the daemon answers")
+    }
+
+    /// Progress lines, then the reply, for a verify and a flatten that asked for them;
+    /// none for one that did not.
+    #[test]
+    fn long_requests_send_progress_lines_when_asked() {
+        use strata_snapshot::{Ctx, InodeNo, VolumeKind, MAIN_BRANCH};
+        let (dir, daemon, server) = daemon("progress");
+        let vol = daemon
+            .store
+            .volume(VolumeKind::Branch(MAIN_BRANCH.into()))
+            .unwrap();
+        let ctx = Ctx { uid: 0, gid: 0 };
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let f = vol
+                .mknod(
+                    InodeNo::ROOT,
+                    name.as_bytes(),
+                    libc::S_IFREG | 0o644,
+                    0,
+                    ctx,
+                )
+                .unwrap();
+            // Incompressible (an LCG's high bits), so the packs hold 3 MiB per file.
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+            let data: Vec<u8> = (0..3 << 20)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (x >> 56) as u8
+                })
+                .collect();
+            vol.write(f.ino, 0, &data).unwrap();
+            daemon
+                .store
+                .snapshot_create(MAIN_BRANCH, &format!("s{i}"))
+                .unwrap();
+        }
+        let collect = |request: &Request| {
+            let mut lines = Vec::new();
+            let reply =
+                client::send_with_progress(&dir, request, Duration::from_secs(60), &mut |p| {
+                    lines.push(p)
+                })
+                .unwrap()
+                .expect("the daemon answers");
+            assert!(reply.ok, "{reply:?}");
+            lines
+        };
+        // 9 MiB of packs at 8 MiB/s: a second or more, so several lines come.
+        let lines = collect(&Request::Verify {
+            rate_mib: Some(8),
+            progress: true,
+        });
+        assert!(lines.len() >= 3, "{lines:?}");
+        assert!(
+            lines.windows(2).all(|w| w[0].done <= w[1].done),
+            "{lines:?}"
+        );
+        let last = lines.last().unwrap();
+        assert!(
+            last.total >= 9 << 20 && last.done == last.total,
+            "{lines:?}"
+        );
+        assert!(collect(&Request::Verify {
+            rate_mib: None,
+            progress: false
+        })
+        .is_empty());
+        for name in ["s0", "s1"] {
+            daemon.store.snapshot_delete(name, false).unwrap();
+        }
+        let lines = collect(&Request::Flatten { progress: true });
+        let last = lines.last().expect("a flatten reports its progress");
+        assert!(last.total > 0 && last.done == last.total, "{lines:?}");
+        drop(server);
+        drop(daemon);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
