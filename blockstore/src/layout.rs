@@ -307,6 +307,12 @@ impl Location {
         })
     }
 
+    /// Whether `next`'s record starts where this one ends, in the same pack.
+    pub fn is_followed_by(&self, next: &Location) -> bool {
+        self.pack == next.pack
+            && self.offset + RECORD_HEADER_LEN as u64 + u64::from(self.stored_len) == next.offset
+    }
+
     /// The record header this location promises (everything but the id).
     pub fn matches(&self, h: &RecordHeader) -> bool {
         h.payload_len == self.stored_len && h.raw_len == self.raw_len && h.flags == self.flags

@@ -180,13 +180,9 @@ impl BlockStore {
         // left to the kernel's readahead on the pack file, which sequential reads of
         // contiguous records already ramp up (and which advice would cut short).
         let found: Vec<&Location> = locs.iter().flatten().flatten().collect();
-        let follows = |a: &Location, b: &Location| {
-            a.pack == b.pack
-                && a.offset + RECORD_HEADER_LEN as u64 + u64::from(a.stored_len) == b.offset
-        };
-        if found.windows(2).any(|w| !follows(w[0], w[1])) {
+        if found.windows(2).any(|w| !w[0].is_followed_by(w[1])) {
             for loc in &found {
-                self.prefetch(loc);
+                self.advise_willneed(loc);
             }
         }
         ids.iter()
@@ -200,7 +196,7 @@ impl BlockStore {
 
     /// Asks the kernel to start reading the record at `loc` into the page cache. Advice
     /// only: a pack that cannot be opened is left to the read that follows to report.
-    fn prefetch(&self, loc: &Location) {
+    fn advise_willneed(&self, loc: &Location) {
         use std::os::fd::AsRawFd;
         if let Ok(file) = self.reader(loc.pack, &self.pack_path(loc.pack)) {
             let len = RECORD_HEADER_LEN as i64 + i64::from(loc.stored_len);
