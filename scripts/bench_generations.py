@@ -26,7 +26,9 @@ snapshot's file run at least 0.9x as fast as after 1 generation.
 4. How long building generations 2..N took (rewrites, fsyncs and snapshot creates), and
    the snapshot-create latency over them.
 5. With BENCH_GEN_REMOUNT on: `strata gc STORE` (nothing to free; it compacts meta/ when
-   sled's file is much larger than what it holds) and the four reads again.
+   sled's file is much larger than what it holds) and the four reads again; then
+   `strata defrag STORE` (the live file laid out in file order again) and `strata gc
+   STORE` (frees the old copies), and the four reads again.
 6. Reclaiming (unmounted): every snapshot deleted (`snapshot prune --keep last=1 --all`,
    then the last one), `strata flatten STORE --json` and `strata gc STORE --json` (their
    reports: records and bytes handled, time), then the store's size against a fresh store
@@ -259,7 +261,7 @@ def main():
         b.generations(COUNT)
         build_s = time.perf_counter() - t
         last = b.measure() if COUNT > 1 else first
-        compacted = None
+        compacted = defragged = None
         if COUNT > 1 and REMOUNT:
             # `strata gc` with nothing to free still measures meta/ against what it holds
             # and compacts it (unmounted); the same reads again.
@@ -269,6 +271,20 @@ def main():
             mount(b.store, b.mnt)
             compacted = b.measure()
             compacted["gc"] = gc
+            # `strata defrag` lays the live file out in file order again (copy-on-write
+            # scattered it), `strata gc` frees the old copies; the same reads again.
+            umount(b.mnt)
+            defrag = json.loads(run("defrag", b.store, "--json").stdout)
+            defrag_gc = json.loads(run("gc", b.store, "--json").stdout)
+            log(
+                f"defrag: {defrag['files_defragmented']} file(s), {defrag['runs_before']} runs -> "
+                f"{defrag['runs_after']}, {defrag['bytes_moved'] / MIB:.1f} MiB copied in {defrag['took_ms']} ms; "
+                f"gc freed {defrag_gc['freed_bytes'] / MIB:.1f} MiB"
+            )
+            mount(b.store, b.mnt)
+            defragged = b.measure()
+            defragged["defrag"] = defrag
+            defragged["gc"] = defrag_gc
         creates = b.create_ms[1:]  # generations 2..N, the ones timed in build_s
         reclaim = b.reclaim()
         result = {
@@ -291,6 +307,7 @@ def main():
             ),
             "at": [first, last],
             "after_gc": compacted,
+            "after_defrag": defragged,
             "reclaim": reclaim,
         }
         subprocess.run(["rm", "-rf", b.base])

@@ -200,6 +200,7 @@ if os.path.exists(gen_path):
         ("oldest-rand", f"oldest snapshot's file, random {bs_kib} KiB", "reads/s", "ops_s"),
     ]
     compacted = gens.get("after_gc")
+    defragged = gens.get("after_defrag")
     for key, label, unit, metric in GEN_ROWS:
         a, b = first["reads"][key][metric], last["reads"][key][metric]
         met = "yes" if b >= 0.9 * a else "**no**"
@@ -208,6 +209,10 @@ if os.path.exists(gen_path):
             c = compacted["reads"][key][metric]
             met = "yes" if c >= 0.9 * a else "**no**"
             lines.append(f"| … after `strata gc` (meta/ compacted) | {unit} | {fmt(a)} | {fmt(c)} | {c / a:.2f}× | ≥ 0.9× | {met} |")
+        if defragged:
+            d = defragged["reads"][key][metric]
+            met = "yes" if d >= 0.9 * a else "**no**"
+            lines.append(f"| … after `strata defrag` + `strata gc` | {unit} | {fmt(a)} | {fmt(d)} | {d / a:.2f}× | ≥ 0.9× | {met} |")
     mib = 1 << 20
     s1, sn = first["store"], last["store"]
     created = gens.get("snapshot_create_ms")
@@ -223,6 +228,14 @@ if os.path.exists(gen_path):
         + f"; store after 1 generation: packs {s1['packs_bytes'] / mib:,.1f} MiB, meta/ {s1['meta_bytes'] / mib:,.1f} MiB; "
         f"after {n}: packs {sn['packs_bytes'] / mib:,.1f} MiB, meta/ {sn['meta_bytes'] / mib:,.1f} MiB.",
     ]
+    if defragged:
+        df = defragged["defrag"]
+        lines += [
+            "",
+            f"`strata defrag` (unmounted) after {n} generations: {df['files_defragmented']} file(s) laid out again, "
+            f"{df['runs_before']:,} runs -> {df['runs_after']:,}, {df['bytes_moved'] / mib:,.1f} MiB copied in "
+            f"{df['took_ms']:,} ms; the `strata gc` after it freed {defragged['gc']['freed_bytes'] / mib:,.1f} MiB.",
+        ]
     rc = gens.get("reclaim")
     if rc:
         fl, gc = rc["flatten"], rc["gc"]

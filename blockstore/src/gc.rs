@@ -509,7 +509,11 @@ fn copy_pack(
 }
 
 /// The record of `id` at `loc`, header and payload, after checking all of it.
-fn read_record(file: &File, id: &BlockId, loc: &Location) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn read_record(
+    file: &File,
+    id: &BlockId,
+    loc: &Location,
+) -> std::result::Result<Vec<u8>, String> {
     let len = RECORD_HEADER_LEN + loc.stored_len as usize;
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, loc.offset)

@@ -28,10 +28,14 @@
 //!   deduplicated from then on, and the sweep never drops a pinned block; it works in
 //!   bounded steps (`GcPolicy::batch_entries`, `batch_bytes`).
 //!
+//! - `relocate` copies given blocks' records, in that order, to the end of the active pack
+//!   and moves their entries there (defragmentation); same copy protocol as gc, never
+//!   deletes anything.
+//!
 //! Modules: `layout` (byte layouts), `codec` (per-thread zstd), `record` (block ⇄
 //! record bytes), `index` (sled tree), `writer` (active pack), `scan` (reading packs
 //! without the index), `recovery` (open), `store` (the API), `verify`, `gc` (space
-//! reclamation), `sync` (locks).
+//! reclamation), `relocate` (defragmentation), `sync` (locks).
 
 mod codec;
 mod gc;
@@ -39,6 +43,7 @@ mod index;
 mod layout;
 mod record;
 mod recovery;
+mod relocate;
 mod scan;
 mod store;
 mod sync;
@@ -52,6 +57,7 @@ use std::path::PathBuf;
 
 pub use gc::{GcHost, GcSession};
 pub use layout::MAX_BLOCK_LEN;
+pub use relocate::RelocateStats;
 pub use store::BlockStore;
 
 /// Content id of a block: blake3 of its uncompressed bytes.

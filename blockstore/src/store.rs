@@ -482,7 +482,7 @@ impl BlockStore {
         index::lookup(&self.index, &self.dir, id)
     }
 
-    fn reader(&self, pack: PackId, path: &Path) -> io::Result<Arc<File>> {
+    pub(crate) fn reader(&self, pack: PackId, path: &Path) -> io::Result<Arc<File>> {
         if let Some(f) = read(&self.readers).open.get(&pack) {
             return Ok(f.clone());
         }

@@ -51,6 +51,8 @@ enum Command {
     Gc(commands::gc::Args),
     /// Fold deleted snapshots' generations into what is kept (the daemon does it by itself).
     Flatten(commands::flatten::Args),
+    /// Lay out again the files that copy-on-write scattered over the packs.
+    Defrag(commands::defrag::Args),
     /// Create, list, delete and rename snapshots (read-only generations).
     Snapshot(commands::snapshot::Args),
     /// Make a branch's live tree the content of a snapshot (the state before is kept).
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => commands::stats::run(&args),
         Command::Gc(args) => commands::gc::run(&args),
         Command::Flatten(args) => commands::flatten::run(&args),
+        Command::Defrag(args) => commands::defrag::run(&args),
         Command::Snapshot(args) => commands::snapshot::run(&args),
         Command::Rollback(args) => commands::rollback::run(&args),
         Command::Clone(args) => commands::clone::run(&args),

@@ -31,6 +31,16 @@ pub fn flatten_batch() -> usize {
         .unwrap_or(strata_snapshot::DEFAULT_BATCH_RECORDS)
 }
 
+/// Bytes of copies a defrag makes durable at a time: `STRATA_DEFRAG_GROUP` if set (tests
+/// use small groups to interrupt a run between commits), else the model's default.
+pub fn defrag_group() -> u64 {
+    std::env::var("STRATA_DEFRAG_GROUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(strata_snapshot::DEFRAG_GROUP_BYTES)
+}
+
 /// What the process running an operation knows about the store's mounts.
 pub trait Host {
     /// What the mount at `mount_point` serves, if it is one of this process's mounts.
@@ -99,8 +109,8 @@ pub fn execute(
     execute_with_progress(store, host, request, &mut |_, _| {})
 }
 
-/// `execute`, telling `progress` (done, total) how far a verify (pack bytes) or a
-/// flatten (record versions) has got.
+/// `execute`, telling `progress` (done, total) how far a verify (pack bytes), a flatten
+/// (record versions) or a defrag (files) has got.
 pub fn execute_with_progress(
     store: &Arc<Store>,
     host: &dyn Host,
@@ -183,6 +193,9 @@ pub fn execute_with_progress(
                 })
                 .map_err(model)?,
         )?,
+        Request::Defrag { .. } => {
+            serde_json::to_value(store.defrag(defrag_group(), progress).map_err(model)?)?
+        }
         Request::SnapshotHold { name, hold } => {
             store.snapshot_hold(name, *hold).map_err(model)?;
             serde_json::to_value(Held {

@@ -8,7 +8,7 @@
 //! (`--bytes`; JSON is always exact).
 
 use serde::Serialize;
-use strata_snapshot::{utc_stamp, FlattenReport, GcReport};
+use strata_snapshot::{utc_stamp, DefragReport, FlattenReport, GcReport};
 
 use crate::control::proto::{
     Branch, Deleted, Diff, Held, History, Pruned, Renamed, RolledBack, Snapshot,
@@ -238,6 +238,35 @@ pub fn json_with_store(
 }
 
 /// `flatten`: one line.
+/// `defrag`: what moved, then each problem on its own line.
+pub fn defrag_report(r: &DefragReport, exact: bool) -> String {
+    let mut out = if r.files_defragmented == 0 {
+        format!(
+            "defrag: nothing to do ({} file{} examined, none in runs shorter than {} on average)\n",
+            r.files_examined,
+            if r.files_examined == 1 { "" } else { "s" },
+            size(strata_snapshot::DEFRAG_MIN_AVERAGE_RUN, exact)
+        )
+    } else {
+        format!(
+            "defrag: {} of {} file{} laid out again ({} runs -> {}); {} blocks, {} copied in {} ms; \
+             run `strata gc` to free the old copies\n",
+            r.files_defragmented,
+            r.files_examined,
+            if r.files_examined == 1 { "" } else { "s" },
+            r.runs_before,
+            r.runs_after,
+            r.blocks_moved,
+            size(r.bytes_moved, exact),
+            r.took_ms,
+        )
+    };
+    for p in &r.problems {
+        out.push_str(&format!("problem: {}\n", crate::error::one_line(p)));
+    }
+    out
+}
+
 pub fn flatten_report(r: &FlattenReport) -> String {
     if r.batches == 0 {
         return "flatten: nothing to do (no deleted generation left to fold)\n".into();

@@ -79,7 +79,7 @@ impl Store {
     }
 
     /// Free bytes on the disk under the store, less what is buffered and the reserve.
-    fn check_space(&self, st: &State, more: u64) -> Result<()> {
+    pub(crate) fn check_space(&self, st: &State, more: u64) -> Result<()> {
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         let c = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
         if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {

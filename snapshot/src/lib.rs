@@ -16,6 +16,7 @@ mod attrs;
 mod codec;
 mod config;
 mod data;
+mod defrag;
 mod diff;
 mod durable;
 mod error;
@@ -38,6 +39,10 @@ mod volume;
 
 pub use attrs::XattrFlags;
 pub use config::{StoreConfig, FORMAT_VERSION};
+pub use defrag::{
+    DefragReport, DEFAULT_GROUP_BYTES as DEFRAG_GROUP_BYTES,
+    MIN_AVERAGE_RUN as DEFRAG_MIN_AVERAGE_RUN,
+};
 pub use diff::{DiffEntry, HistoryEntry};
 pub use durable::dir_bytes as disk_bytes;
 pub use error::{Error, Result};
@@ -54,6 +59,8 @@ pub use verify::{Stats, VerifyReport};
 pub use volume::{Volume, VolumeKind};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_defrag;
 #[cfg(test)]
 mod tests_flatten;
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod gc;
 mod nospace;
+mod relocate;
 mod roundtrip;
 
 use std::fs::{File, OpenOptions};

@@ -2,6 +2,7 @@
 
 pub mod branch;
 pub mod clone;
+pub mod defrag;
 pub mod diff;
 pub mod flatten;
 pub mod gc;

@@ -118,6 +118,13 @@ pub enum Request {
     },
     /// Reclaim the space of blocks nothing references (`strata_snapshot::GcReport`).
     Gc,
+    /// Lay the live trees' fragmented files out contiguously again
+    /// (`strata_snapshot::DefragReport`).
+    Defrag {
+        /// Send `Progress` lines before the reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        progress: bool,
+    },
     /// Fold deleted generations away (`strata_snapshot::FlattenReport`).
     Flatten {
         /// Send `Progress` lines before the reply.
@@ -148,6 +155,7 @@ impl Request {
             Request::History { .. } => "history",
             Request::Gc => "gc",
             Request::Flatten { .. } => "flatten",
+            Request::Defrag { .. } => "defrag",
         }
     }
 }
@@ -195,7 +203,7 @@ impl Response {
 
 /// How far a long request has got, sent as `{"progress":{"done":N,"total":M}}` lines
 /// before the reply when the request asked for them (`progress: true`): verify counts
-/// pack bytes, flatten record versions.
+/// pack bytes, flatten record versions, defrag files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub done: u64,
@@ -213,7 +221,9 @@ impl Request {
     pub fn wants_progress(&self) -> bool {
         matches!(
             self,
-            Request::Verify { progress: true, .. } | Request::Flatten { progress: true }
+            Request::Verify { progress: true, .. }
+                | Request::Flatten { progress: true }
+                | Request::Defrag { progress: true }
         )
     }
 }

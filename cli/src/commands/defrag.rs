@@ -1,0 +1,82 @@
+//! `strata defrag STORE [--json] [--bytes]`: lay out again, contiguously, the files of
+//! every branch's live tree whose blocks copy-on-write spread over the packs (a file
+//! rewritten in place over many generations reads sequentially as a random read of the
+//! disk). Only block data moves, inside the packs; snapshots sharing the blocks read the
+//! same bytes from the copies. The old copies are garbage for `strata gc`. Through the
+//! daemon when mounted (file operations go on), else the command opens the store; with
+//! progress on a terminal either way. Exit 1 if damaged blocks were met, or if the disk
+//! has no room for the copies.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use strata_snapshot::DefragReport;
+
+use crate::control::proto::Request;
+use crate::error::EXIT_FAILURE;
+use crate::progress::Progress;
+use crate::session::{self, Route};
+use crate::{output, store};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The store directory, or a mount point of it.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+
+    /// Print the report as one JSON object (sizes in bytes).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exact byte counts instead of human-readable sizes.
+    #[arg(long)]
+    pub bytes: bool,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let target = session::resolve_store(&args.store)?;
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        eprintln!("defragmenting {} ...", target.store.display());
+    }
+    let request = Request::Defrag { progress: terminal };
+    let mut progress = Progress::new("defragmenting");
+    let routed = session::route_with_progress(&target.store, &request, &mut |p| {
+        progress.update(p.done, p.total)
+    });
+    let report: DefragReport = match routed? {
+        Route::Daemon(response) => serde_json::from_value(session::into_result(response)?)
+            .context("unexpected reply from the strata daemon")?,
+        Route::Free => {
+            let (path, store) = store::open(&target.store)?;
+            let result = store.defrag(crate::ops::defrag_group(), &mut |done, total| {
+                progress.update(done, total)
+            });
+            let report = result.map_err(|err| anyhow!(err))?;
+            store
+                .close()
+                .map_err(|err| anyhow!(err))
+                .with_context(|| format!("cannot close the store {}", path.display()))?;
+            report
+        }
+    };
+    progress.clear();
+    if args.json {
+        println!("{}", output::json_with_store(&report, &target.store, &[])?);
+    } else {
+        print!("{}", output::defrag_report(&report, args.bytes));
+    }
+    if report.problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let count = report.problems.len();
+        eprintln!(
+            "strata: defrag met {count} problem{} in {}",
+            if count == 1 { "" } else { "s" },
+            target.store.display()
+        );
+        Ok(ExitCode::from(EXIT_FAILURE))
+    }
+}

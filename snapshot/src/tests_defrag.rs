@@ -1,0 +1,95 @@
+//! Defragmentation: a file scattered by rewrites across snapshots is laid out in one run,
+//! the live tree and every snapshot read exactly what they read before (also after a
+//! reopen), the store verifies clean, a second run finds nothing to do, and gc then
+//! frees the old copies.
+
+use std::sync::Arc;
+
+use crate::tests::{new_store, reopen, BS};
+use crate::*;
+
+const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const BLOCKS: u64 = 96;
+
+fn block(i: u64, round: u64) -> Vec<u8> {
+    // Incompressible enough that every block is its own record of about BS bytes.
+    let mut x = (i << 32 | round).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..BS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn read_all(v: &Volume, ino: InodeNo) -> Vec<u8> {
+    v.read(ino, 0, (BLOCKS * BS as u64) as u32).unwrap()
+}
+
+fn contents(s: &Arc<Store>, ino: InodeNo, snaps: &[String]) -> Vec<Vec<u8>> {
+    let mut out = vec![read_all(&s.main(), ino)];
+    for name in snaps {
+        let v = s
+            .volume(VolumeKind::Snapshot(s.snapshot_gen(name).unwrap()))
+            .unwrap();
+        out.push(read_all(&v, ino));
+    }
+    out
+}
+
+#[test]
+fn a_scattered_file_is_laid_out_in_one_run_and_every_tree_reads_the_same() {
+    let (dir, s) = new_store();
+    let main = s.main();
+    let ino = main
+        .mknod(InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap()
+        .ino;
+    let small = main
+        .mknod(InodeNo::ROOT, b"small", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap()
+        .ino;
+    main.write(small, 0, b"one block only").unwrap();
+    for i in 0..BLOCKS {
+        main.write(ino, i * BS as u64, &block(i, 0)).unwrap();
+    }
+    s.sync().unwrap();
+    let mut snaps = Vec::new();
+    for round in 1..=6u64 {
+        snaps.push(format!("s{round}"));
+        s.snapshot_create(MAIN_BRANCH, snaps.last().unwrap())
+            .unwrap();
+        for i in (round % 3..BLOCKS).step_by(2 + round as usize) {
+            main.write(ino, i * BS as u64, &block(i, round)).unwrap();
+        }
+        s.sync().unwrap();
+    }
+    let before = contents(&s, ino, &snaps);
+
+    let report = s.defrag(256 << 10, &mut |_, _| {}).unwrap();
+    assert_eq!(report.files_examined, 1, "{report:?}"); // `small` has one block
+    assert_eq!(report.files_defragmented, 1, "{report:?}");
+    assert!(report.runs_before > 10, "{report:?}");
+    assert_eq!(report.runs_after, 1, "{report:?}");
+    assert_eq!(report.blocks_moved, BLOCKS, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(contents(&s, ino, &snaps), before);
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+
+    drop(main);
+    let s = reopen(&dir, s);
+    assert_eq!(contents(&s, ino, &snaps), before);
+    let again = s.defrag(DEFRAG_GROUP_BYTES, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        (again.files_examined, again.files_defragmented),
+        (1, 0),
+        "{again:?}"
+    );
+
+    let gc = s.gc().unwrap();
+    assert!(gc.freed_bytes >= BLOCKS * BS as u64 / 2, "{gc:?}");
+    assert_eq!(contents(&s, ino, &snaps), before);
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+}

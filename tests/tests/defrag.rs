@@ -1,0 +1,177 @@
+//! `strata defrag` end to end, through the built binary and real FUSE mounts:
+//! - a file scattered by rewrites over 8 snapshots is laid out in one run by the daemon
+//!   while a reader reads it; the live tree and every snapshot read back what they held,
+//!   the store verifies clean, a second defrag has nothing to do, and gc frees the old
+//!   copies;
+//! - kill -9 of the daemon in the middle of a defrag (several runs at random moments):
+//!   the store verifies clean, every tree reads back as before, and the next defrag
+//!   finishes the job. `STRATA_DEFRAG_CRASH_RUNS` (default 4) and `STRATA_CRASH_SEED`
+//!   as in the crash test.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strata_tests::cli::{env_u64, ok, s};
+use strata_tests::data::{checksum, random_bytes, Rng};
+use strata_tests::trees::{all_sums, copy_tree};
+use strata_tests::{strata_bin, TestStore};
+
+const BS: usize = 32 << 10;
+
+#[track_caller]
+fn defrag_json(target: &str) -> Value {
+    let out = ok(&["defrag", target, "--json"]);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|err| panic!("defrag --json is not JSON ({err}):\n{out}"))
+}
+
+/// A store with `blocks` blocks of file `f`, written whole and snapshotted as `s0`, then
+/// `rounds` times: a tenth of its blocks rewritten at random, fsync, snapshot `sN`.
+/// Returns the snapshot names.
+fn scattered(ts: &TestStore, blocks: usize, rounds: u64, seed: u64) -> Vec<String> {
+    let store = s(&ts.store);
+    let m = ts.mount();
+    fs::write(m.path("f"), random_bytes(seed, blocks * BS)).unwrap();
+    fs::write(m.path("g"), b"a small file").unwrap();
+    let mut names = vec!["s0".to_string()];
+    ok(&["snapshot", "create", store, "s0"]);
+    let mut rng = Rng::new(seed);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    for round in 1..=rounds {
+        for _ in 0..blocks / 10 {
+            let i = rng.range(0, blocks as u64);
+            let data = random_bytes(seed + round * 100_000 + i, BS);
+            file.write_all_at(&data, i * BS as u64).unwrap();
+        }
+        file.sync_all().unwrap();
+        names.push(format!("s{round}"));
+        ok(&["snapshot", "create", store, names.last().unwrap()]);
+    }
+    drop(file);
+    m.unmount();
+    names
+}
+
+#[test]
+fn defrag_lays_a_scattered_file_out_and_every_tree_reads_the_same() {
+    const BLOCKS: usize = 512; // 16 MiB
+    let ts = TestStore::new();
+    let names = scattered(&ts, BLOCKS, 8, 7);
+    let expected = all_sums(&ts, &names);
+
+    let m = ts.mount();
+    let live = expected["(live)"]["f"].clone();
+    let stop = AtomicBool::new(false);
+    let report = std::thread::scope(|scope| {
+        // A reader of the live file throughout the defrag: every read is whole and right.
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) || reads == 0 {
+                assert_eq!(checksum(&fs::read(m.path("f")).unwrap()), live);
+                reads += 1;
+            }
+            reads
+        });
+        let report = defrag_json(s(&ts.mnt));
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().unwrap();
+        eprintln!("{reads} reads of the live file beside the defrag: {report}");
+        report
+    });
+    assert_eq!(report["files_defragmented"], 1, "{report}");
+    assert!(report["runs_before"].as_u64().unwrap() > 50, "{report}");
+    assert_eq!(report["runs_after"], 1, "{report}");
+    assert_eq!(report["blocks_moved"], BLOCKS as u64, "{report}");
+    let again = defrag_json(s(&ts.mnt));
+    assert_eq!(again["files_defragmented"], 0, "{again}");
+    m.unmount();
+
+    assert_eq!(all_sums(&ts, &names), expected);
+    ts.assert_verify_clean();
+    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
+    assert!(
+        gc["freed_bytes"].as_u64().unwrap() >= (BLOCKS * BS / 2) as u64,
+        "gc after defrag: {gc}"
+    );
+    assert_eq!(all_sums(&ts, &names), expected);
+    ts.assert_verify_clean();
+}
+
+#[test]
+fn kill_9_during_defrag_loses_nothing() {
+    const BLOCKS: usize = 1536; // 48 MiB
+    let runs = env_u64("STRATA_DEFRAG_CRASH_RUNS").unwrap_or(4);
+    let seed = env_u64("STRATA_CRASH_SEED").unwrap_or_else(Rng::seed_from_time);
+    eprintln!("defrag crash test: {runs} runs, STRATA_CRASH_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let template = TestStore::new();
+    let names = scattered(&template, BLOCKS, 6, 11);
+    let expected: BTreeMap<_, _> = all_sums(&template, &names);
+    let copy = || {
+        let ts = TestStore::uninitialized();
+        copy_tree(&template.store, &ts.store);
+        ts
+    };
+
+    // Calibration: how long an uninterrupted defrag of a copy takes.
+    let cal = copy();
+    let m = cal.mount_env(&[("STRATA_DEFRAG_GROUP", (4u64 << 20).to_string().as_ref())]);
+    let started = Instant::now();
+    let report = defrag_json(s(&cal.mnt));
+    let took = started.elapsed();
+    m.unmount();
+    eprintln!("defrag of the template: {took:?}: {report}");
+    assert_eq!(report["runs_after"], 1, "{report}");
+    drop(cal);
+
+    for run in 0..runs {
+        let ts = copy();
+        // Copies made durable every 4 MiB: a kill lands between commits of 12 groups.
+        let mut m = ts.mount_env(&[("STRATA_DEFRAG_GROUP", (4u64 << 20).to_string().as_ref())]);
+        let mut defrag = Command::new(strata_bin())
+            .args(["defrag".as_ref(), ts.mnt.as_os_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start strata defrag");
+        let delay = Duration::from_micros(rng.range(0, took.as_micros() as u64 * 5 / 4 + 1));
+        std::thread::sleep(delay);
+        let pid = m.crash();
+        let status = defrag.wait().expect("wait for strata defrag");
+        let log = fs::read_to_string(ts.store.join("daemon.log")).unwrap_or_default();
+        let committed = log.matches("defrag: moves committed").count();
+        eprintln!(
+            "run {run}: daemon {pid} killed {delay:?} into the defrag, {committed} group(s) \
+             of copies committed (defrag exited {status})"
+        );
+        m.unmount(); // clears the dead mount
+        let verify = ts.verify();
+        assert!(
+            verify.success(),
+            "run {run} (seed {seed}): strata verify after kill -9 during defrag:\n{}{}",
+            verify.stdout,
+            verify.stderr
+        );
+        assert_eq!(
+            all_sums(&ts, &names),
+            expected,
+            "run {run} (seed {seed}): trees after kill -9 during defrag"
+        );
+        let report = defrag_json(s(&ts.store));
+        let runs_after = report["runs_after"].as_u64().unwrap();
+        assert!(
+            report["files_defragmented"] == 0 || runs_after == 1,
+            "run {run} (seed {seed}): the defrag after the crash: {report}"
+        );
+        ts.assert_verify_clean();
+    }
+}
