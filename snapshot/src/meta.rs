@@ -408,7 +408,6 @@ impl SizeProbe {
     }
 }
 
-/// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can
 /// Largest `meta/` read into the page cache at open, as a fraction of the machine's RAM.
 const PREWARM_RAM_FRACTION: u64 = 8;
 
@@ -461,6 +460,7 @@ fn prewarm(dir: &Path) {
     }
 }
 
+/// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can
 /// only be this process's previous handle whose last reference is still being dropped
 /// by one of sled's threads: wait for it briefly.
 fn open_sled(dir: &Path) -> Result<sled::Db> {
