@@ -110,7 +110,7 @@ pub fn execute(
 }
 
 /// `execute`, telling `progress` (done, total) how far a verify (pack bytes), a flatten
-/// (record versions) or a defrag (files) has got.
+/// (record versions) or a defrag (bytes of files) has got.
 pub fn execute_with_progress(
     store: &Arc<Store>,
     host: &dyn Host,

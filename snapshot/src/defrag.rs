@@ -53,7 +53,7 @@ pub struct DefragReport {
 
 impl Store {
     /// Defragments the live tree of every branch, making copies durable every
-    /// `group_bytes`; `progress` hears (files done, files).
+    /// `group_bytes`; `progress` hears (bytes of files done, bytes of all files).
     pub fn defrag(
         &self,
         group_bytes: u64,
@@ -63,11 +63,15 @@ impl Store {
         let mut report = DefragReport::default();
         self.sync()?;
         let files = self.live_files()?;
-        let total = files.len() as u64;
+        let total: u64 = files.iter().map(|(_, _, size)| size).sum();
+        let mut done = 0u64;
         let mut moved: HashSet<BlockId> = HashSet::new();
         let flusher = self.lock().meta.flusher();
-        for (done, (branch, ino)) in files.into_iter().enumerate() {
-            progress(done as u64, total);
+        let bs = u64::from(self.config.block_size);
+        for (branch, ino, size) in files {
+            progress(done, total);
+            let file_done = done;
+            done += size;
             let ids = self.block_ids(&branch, ino)?;
             if ids.len() < 2 {
                 continue;
@@ -102,7 +106,7 @@ impl Store {
                     tracing::info!("defrag: moves committed");
                     Ok(())
                 },
-                &mut |_| {},
+                &mut |n| progress((file_done + n * bs).min(done), total),
             )?;
             moved.extend(todo);
             report.files_defragmented += 1;
@@ -124,8 +128,8 @@ impl Store {
         Ok(report)
     }
 
-    /// (branch, inode) of every regular file of every branch's live tree.
-    fn live_files(&self) -> Result<Vec<(String, InodeNo)>> {
+    /// (branch, inode, size) of every regular file of every branch's live tree.
+    fn live_files(&self) -> Result<Vec<(String, InodeNo, u64)>> {
         let mut st = self.lock();
         let heads: Vec<(String, crate::generation::View)> = st
             .heads
@@ -136,8 +140,9 @@ impl Store {
         for (branch, view) in heads {
             st.meta.set_view(&view);
             for (base, value) in st.meta.scan(&[keys::INODE])? {
-                if InodeRecord::decode(&value)?.kind == FileKind::File {
-                    files.push((branch.clone(), keys::key_ino(&base)));
+                let rec = InodeRecord::decode(&value)?;
+                if rec.kind == FileKind::File {
+                    files.push((branch.clone(), keys::key_ino(&base), rec.size));
                 }
             }
         }

@@ -68,7 +68,14 @@ fn a_scattered_file_is_laid_out_in_one_run_and_every_tree_reads_the_same() {
     }
     let before = contents(&s, ino, &snaps);
 
-    let report = s.defrag(256 << 10, &mut |_, _| {}).unwrap();
+    let mut seen = Vec::new();
+    let report = s
+        .defrag(256 << 10, &mut |done, total| seen.push((done, total)))
+        .unwrap();
+    // Progress in bytes of files: never back, ends at the total of both files' sizes.
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    let want = BLOCKS * BS as u64 + b"one block only".len() as u64;
+    assert_eq!(seen.last(), Some(&(want, want)), "{seen:?}");
     assert_eq!(report.files_examined, 1, "{report:?}"); // `small` has one block
     assert_eq!(report.files_defragmented, 1, "{report:?}");
     assert!(report.runs_before > 10, "{report:?}");

@@ -203,7 +203,7 @@ impl Response {
 
 /// How far a long request has got, sent as `{"progress":{"done":N,"total":M}}` lines
 /// before the reply when the request asked for them (`progress: true`): verify counts
-/// pack bytes, flatten record versions, defrag files.
+/// pack bytes, flatten record versions, defrag bytes of files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub done: u64,
