@@ -14,7 +14,10 @@ snapshot's file run at least 0.9x as fast as after 1 generation.
    of the store's strata.toml) at random block-aligned offsets, fsync, `strata snapshot
    create MOUNT gNNNN`.
 3. After generation 1, and again after generation BENCH_GEN_COUNT, four cold reads,
-   each BENCH_GEN_REPEAT times (the median is reported), each after `strata umount`,
+   each BENCH_GEN_REPEAT times (the median is reported); after generation COUNT (and in
+   step 5) each read is also made, just before, on a copy of the store taken after
+   generation 1, so the two figures of a ratio come from the same minutes (this shared
+   disk drifts by tens of percent over a run). Each read comes after `strata umount`,
    `sync; echo 3 > /proc/sys/vm/drop_caches`, `strata mount` (BENCH_GEN_REMOUNT=0: the
    page cache is dropped but the daemon stays up) and with a fresh open:
      live-seq     the live file, read whole in 1 MiB reads
@@ -160,12 +163,12 @@ class Bench:
         finally:
             os.close(fd)
 
-    def cold(self):
+    def cold(self, store=None):
         if REMOUNT:
             umount(self.mnt)
         drop_caches()
         if REMOUNT:
-            mount(self.store, self.mnt)
+            mount(store or self.store, self.mnt)
 
     def store_bytes(self):
         if REMOUNT:
@@ -215,24 +218,40 @@ class Bench:
             "ratio": total / fresh_total,
         }
 
-    def measure(self):
+    def measure(self, baseline=None):
+        """Each read REPEAT times, cold. With `baseline` (a copy of the store after
+        generation 1), every read is also made on it just before, on the same mount
+        point, so both figures of a ratio come from the same minutes of this disk."""
         paths = {"live": self.file, "oldest": f"{self.mnt}/.snapshots/g0000/file"}
-        runs = {f"{t}-{k}": [] for t in paths for k in ("seq", "rand")}
+        names = [f"{t}-{k}" for t in paths for k in ("seq", "rand")]
+        stores = ([baseline] if baseline else []) + [self.store]
+        runs = {(st, n): [] for st in stores for n in names}
         for _ in range(REPEAT):
-            for name in runs:
+            for name in names:
                 target, kind = name.split("-")
-                self.cold()
-                if kind == "seq":
-                    runs[name].append(seq_read(paths[target], self.size))
-                else:
-                    runs[name].append(rand_read(paths[target], self.offsets, self.bs))
-        reads = {}
-        for name, rs in runs.items():
-            row = {"runs": rs, "mib_s": statistics.median(r["mib_s"] for r in rs)}
-            if "ops_s" in rs[0]:
-                row["ops_s"] = statistics.median(r["ops_s"] for r in rs)
-            reads[name] = row
+                for st in stores:
+                    self.cold(st)
+                    if kind == "seq":
+                        runs[(st, name)].append(seq_read(paths[target], self.size))
+                    else:
+                        runs[(st, name)].append(rand_read(paths[target], self.offsets, self.bs))
+        if baseline:
+            self.cold()  # this store mounted again
+
+        def medians(st):
+            reads = {}
+            for name in names:
+                rs = runs[(st, name)]
+                row = {"runs": rs, "mib_s": statistics.median(r["mib_s"] for r in rs)}
+                if "ops_s" in rs[0]:
+                    row["ops_s"] = statistics.median(r["ops_s"] for r in rs)
+                reads[name] = row
+            return reads
+
+        reads = medians(self.store)
         out = {"generations": self.generation, "reads": reads, "store": self.store_bytes()}
+        if baseline:
+            out["baseline_reads"] = medians(baseline)
         log(
             f"after {self.generation} generation(s): "
             + ", ".join(
@@ -257,10 +276,18 @@ def main():
         write_s = b.write_file()
         b.generations(1)
         first = b.measure()
+        baseline = None
+        if COUNT > 1 and REMOUNT:
+            # A copy of the store after generation 1, read alternately with the store
+            # after COUNT generations for every ratio below.
+            baseline = b.base + "/store-g1"
+            umount(b.mnt)
+            subprocess.run(["cp", "-a", "--sparse=always", b.store, baseline], check=True)
+            mount(b.store, b.mnt)
         t = time.perf_counter()
         b.generations(COUNT)
         build_s = time.perf_counter() - t
-        last = b.measure() if COUNT > 1 else first
+        last = b.measure(baseline) if COUNT > 1 else first
         compacted = defragged = None
         if COUNT > 1 and REMOUNT:
             # `strata gc` with nothing to free still measures meta/ against what it holds
@@ -269,7 +296,7 @@ def main():
             gc = json.loads(run("gc", b.store, "--json").stdout)
             log(f"gc before compacted reads: meta {gc['meta_bytes'] / MIB:.1f} MiB for {gc['meta_content_bytes'] / MIB:.1f} MiB of records")
             mount(b.store, b.mnt)
-            compacted = b.measure()
+            compacted = b.measure(baseline)
             compacted["gc"] = gc
             # `strata defrag` lays the live file out in file order again (copy-on-write
             # scattered it), `strata gc` frees the old copies; the same reads again.
@@ -282,7 +309,7 @@ def main():
                 f"gc freed {defrag_gc['freed_bytes'] / MIB:.1f} MiB"
             )
             mount(b.store, b.mnt)
-            defragged = b.measure()
+            defragged = b.measure(baseline)
             defragged["defrag"] = defrag
             defragged["gc"] = defrag_gc
         creates = b.create_ms[1:]  # generations 2..N, the ones timed in build_s
