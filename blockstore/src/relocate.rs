@@ -11,7 +11,7 @@
 //! The copy protocol is gc's round B (`gc.rs`): each record is read and checked in full
 //! (header, payload checksum, decompression, id) and appended unchanged through the
 //! writer; at the end of a group the new pack data is fsynced under `sync_lock`, then
-//! one sled batch moves the group's entries, then the caller's `commit_index` makes that
+//! one sled batch moves the group's entries, then the caller's `GcHost::commit_index` makes that
 //! durable. An entry therefore only ever points at fsynced bytes, and nothing is deleted:
 //! a crash leaves every entry on intact data (old or new copy) and at most copies nobody
 //! points at, which the next gc removes like any garbage.
@@ -28,7 +28,7 @@ use crate::index;
 use crate::layout::Location;
 use crate::store::BlockStore;
 use crate::sync::{lock, read};
-use crate::{BlockId, Result};
+use crate::{BlockId, GcHost, Result};
 
 /// What a relocation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,13 +64,14 @@ impl BlockStore {
 
     /// Copies the records of `ids` (each once, in this order) to the end of the active
     /// pack and moves their index entries there, in groups of about `group_bytes`;
-    /// `commit_index` must make the index tree durable (flush sled and fsync it) and is
-    /// called after each group's move. `progress` hears how many ids were handled.
+    /// `host.commit_index` must make the index tree durable (flush sled and fsync it) and
+    /// is called after each group's move, as in a gc. `progress` hears how many ids were
+    /// handled.
     pub fn relocate(
         &self,
         ids: &[BlockId],
         group_bytes: u64,
-        commit_index: &mut dyn FnMut() -> Result<()>,
+        host: &mut dyn GcHost,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RelocateStats> {
         let _serial = lock(&self.gc_serial);
@@ -120,11 +121,11 @@ impl BlockStore {
             stats.bytes_moved += bytes.len() as u64;
             group += bytes.len() as u64;
             if group >= group_bytes {
-                self.commit_moves(&mut moves, commit_index)?;
+                self.commit_moves(&mut moves, host)?;
                 group = 0;
             }
         }
-        self.commit_moves(&mut moves, commit_index)?;
+        self.commit_moves(&mut moves, host)?;
         progress(ids.len() as u64);
         Ok(stats)
     }
@@ -134,7 +135,7 @@ impl BlockStore {
     fn commit_moves(
         &self,
         moves: &mut Vec<(BlockId, Location)>,
-        commit_index: &mut dyn FnMut() -> Result<()>,
+        host: &mut dyn GcHost,
     ) -> Result<()> {
         if moves.is_empty() {
             return Ok(());
@@ -145,7 +146,8 @@ impl BlockStore {
             self.run_sync_plan(plan)?;
         }
         index::insert_all(&self.index, moves)?;
-        commit_index()?;
+        host.commit_index()?;
+        tracing::info!(moved = moves.len(), "defrag: moves committed");
         moves.clear();
         Ok(())
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use strata_blockstore::BlockId;
 
 use crate::codec::{self, InodeRecord};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys;
 use crate::store::Store;
 use crate::types::{FileKind, InodeNo};
@@ -66,7 +66,7 @@ impl Store {
         let total: u64 = files.iter().map(|(_, _, size)| size).sum();
         let mut done = 0u64;
         let mut moved: HashSet<BlockId> = HashSet::new();
-        let flusher = self.lock().meta.flusher();
+        let mut host = crate::gc::Host::new(self, self.lock().meta.flusher());
         let bs = u64::from(self.config.block_size);
         for (branch, ino, size) in files {
             progress(done, total);
@@ -78,11 +78,11 @@ impl Store {
             }
             report.files_examined += 1;
             let runs = self.blocks.runs(&ids)?;
-            let bytes = ids.len() as u64 * u64::from(self.config.block_size);
+            let bytes = ids.len() as u64 * bs;
             if runs < 2 || bytes / runs >= MIN_AVERAGE_RUN {
                 continue;
             }
-            if let Err(e) = self.check_space_for(bytes) {
+            if let Err(e) = self.check_space(&self.lock(), bytes) {
                 report.problems.push(format!(
                     "stopped before inode {} of branch {branch}: {e}; {} bytes of copies need \
                      that much free space besides the reserve",
@@ -95,19 +95,18 @@ impl Store {
                 .filter(|id| !moved.contains(id))
                 .copied()
                 .collect();
-            let stats = self.blocks.relocate(
-                &todo,
-                group_bytes,
-                &mut || {
-                    flusher.flush().map_err(|e| strata_blockstore::Error::Io {
-                        path: self.path.join(crate::meta::META_DIR),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-                    tracing::info!("defrag: moves committed");
-                    Ok(())
-                },
-                &mut |n| progress((file_done + n * bs).min(done), total),
-            )?;
+            let relocated = self
+                .blocks
+                .relocate(&todo, group_bytes, &mut host, &mut |n| {
+                    progress((file_done + n * bs).min(done), total)
+                });
+            host.poison_if_flush_failed();
+            let stats = relocated?;
+            tracing::info!(
+                ino = ino.0,
+                blocks = stats.blocks_moved,
+                "defrag: file laid out again"
+            );
             moved.extend(todo);
             report.files_defragmented += 1;
             report.runs_before += runs;
@@ -162,11 +161,5 @@ impl Store {
             .iter()
             .map(|(_, v)| codec::decode_block(v))
             .collect()
-    }
-
-    /// Free space for `bytes` of copies besides the write reserve, or `Error::NoSpace`.
-    fn check_space_for(&self, bytes: u64) -> Result<()> {
-        let st = self.lock();
-        self.check_space(&st, bytes).map_err(|_| Error::NoSpace)
     }
 }

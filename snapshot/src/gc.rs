@@ -101,8 +101,8 @@ pub struct GcReport {
     pub meta_compaction_pending: bool,
 }
 
-/// The snapshot layer's side of the sweep.
-struct Host<'a> {
+/// The snapshot layer's side of the sweep (and of a defrag's relocation).
+pub(crate) struct Host<'a> {
     store: &'a Store,
     flusher: Flusher,
     meta_dir: PathBuf,
@@ -110,6 +110,26 @@ struct Host<'a> {
     flush_failed: Option<String>,
     /// Longest hold of `gc_fence`, from asking for it (new reads wait from then on).
     max_fence: Duration,
+}
+
+impl<'a> Host<'a> {
+    pub(crate) fn new(store: &'a Store, flusher: Flusher) -> Self {
+        Host {
+            store,
+            flusher,
+            meta_dir: store.path.join(META_DIR),
+            flush_failed: None,
+            max_fence: Duration::ZERO,
+        }
+    }
+
+    /// After a failed flush the store refuses writes, as after a failed commit: what
+    /// sled holds in memory may not be on disk.
+    pub(crate) fn poison_if_flush_failed(&mut self) {
+        if let Some(why) = self.flush_failed.take() {
+            self.store.lock().poisoned.get_or_insert(why);
+        }
+    }
 }
 
 impl GcHost for Host<'_> {
@@ -211,13 +231,7 @@ impl Store {
         let fence_held = asked.elapsed();
 
         // Sweep.
-        let mut host = Host {
-            store: self,
-            flusher,
-            meta_dir: self.path.join(META_DIR),
-            flush_failed: None,
-            max_fence: Duration::ZERO,
-        };
+        let mut host = Host::new(self, flusher);
         #[allow(unused_mut)]
         let mut policy = GcPolicy::default();
         #[cfg(test)]
@@ -229,10 +243,7 @@ impl Store {
             n => policy.batch_entries = n,
         }
         let swept = session.sweep(&|id| live.contains(id), &policy, &mut host);
-        if let Some(why) = host.flush_failed {
-            // As after a failed commit: what sled holds in memory may not be on disk.
-            self.lock().poisoned.get_or_insert(why);
-        }
+        host.poison_if_flush_failed();
         let s = swept?;
 
         let (meta_bytes, meta_content_bytes, compact) = self.check_meta_size()?;
