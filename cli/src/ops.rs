@@ -18,8 +18,17 @@ use crate::control::proto::{
     RolledBack, Snapshot, Version,
 };
 
-/// Pause between flatten batches, so the mounts' file operations get the store.
+/// Pause between flatten batches beside mounts, so their file operations get the store.
 pub const FLATTEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The pause between flatten batches: only beside mounts.
+fn flatten_pause(host: &dyn Host) -> std::time::Duration {
+    if host.serves_mounts() {
+        FLATTEN_PAUSE
+    } else {
+        std::time::Duration::ZERO
+    }
+}
 
 /// Record versions per flatten batch: `STRATA_FLATTEN_BATCH` if set (tests use small
 /// batches to interrupt a pass), else the model's default.
@@ -55,7 +64,16 @@ pub trait Host {
     /// Snapshots or branches were deleted: their generations are ready to be flattened
     /// (the daemon does it in the background; a command leaves it to `strata flatten`).
     fn generations_deleted(&self);
+    /// Whether file operations of mounts run beside the request: long work is then paced
+    /// (flatten pauses between batches, a scrub reads at most `MOUNTED_SCRUB_RATE_MIB`
+    /// unless asked otherwise).
+    fn serves_mounts(&self) -> bool {
+        false
+    }
 }
+
+/// The scrub rate beside mounts when the request names none, in MiB/s of packs.
+pub const MOUNTED_SCRUB_RATE_MIB: u64 = 100;
 
 /// The host of a command that opened the store itself: nothing is mounted.
 pub struct NoMounts;
@@ -100,18 +118,9 @@ fn mounted_message(what: &str, mount_points: &[String]) -> String {
 }
 
 /// Carries out `request` on `store`; the result is the JSON form of the op's result type
-/// in `control::proto`.
+/// in `control::proto`. `progress` hears (done, total) how far a verify (pack bytes), a
+/// flatten (record versions) or a defrag (bytes of files) has got.
 pub fn execute(
-    store: &Arc<Store>,
-    host: &dyn Host,
-    request: &Request,
-) -> Result<serde_json::Value> {
-    execute_with_progress(store, host, request, &mut |_, _| {})
-}
-
-/// `execute`, telling `progress` (done, total) how far a verify (pack bytes), a flatten
-/// (record versions) or a defrag (bytes of files) has got.
-pub fn execute_with_progress(
     store: &Arc<Store>,
     host: &dyn Host,
     request: &Request,
@@ -169,7 +178,12 @@ pub fn execute_with_progress(
         Request::Stats => serde_json::to_value(store.stats().map_err(model)?)?,
         Request::Verify { rate_mib, .. } => {
             let started = std::time::Instant::now();
-            let rate = rate_mib.map(|r| r.max(1) as f64 * 1048576.0);
+            let mib = match rate_mib {
+                Some(0) => None,
+                Some(r) => Some(*r),
+                None => host.serves_mounts().then_some(MOUNTED_SCRUB_RATE_MIB),
+            };
+            let rate = mib.map(|r| r as f64 * 1048576.0);
             let report = store
                 .verify(&mut |done, total| {
                     progress(done, total);
@@ -187,7 +201,7 @@ pub fn execute_with_progress(
         Request::Gc => serde_json::to_value(store.gc().map_err(model)?)?,
         Request::Flatten { .. } => serde_json::to_value(
             store
-                .flatten(flatten_batch(), FLATTEN_PAUSE, &mut |p| {
+                .flatten(flatten_batch(), flatten_pause(host), &mut |p| {
                     progress(p.done, p.total);
                     true
                 })

@@ -202,7 +202,7 @@ pub fn route(store: &Path, request: &Request) -> Result<Route> {
 }
 
 /// `route`, handing the daemon's progress lines to `progress`.
-pub fn route_with_progress(
+fn route_with_progress(
     store: &Path,
     request: &Request,
     progress: &mut dyn FnMut(Progress),
@@ -252,12 +252,23 @@ pub fn into_result(response: Response) -> Result<serde_json::Value> {
 
 /// Carries out `request` on `store`: through its daemon, or by opening it here.
 pub fn run<T: DeserializeOwned>(store: &Path, request: &Request) -> Result<T> {
+    run_with_progress(store, request, &mut |_, _| {})
+}
+
+/// `run`, telling `progress` (done, total) how far a long request has got: from the
+/// daemon's progress lines (if the request asks for them), or from the operation itself
+/// when the command carries it out.
+pub fn run_with_progress<T: DeserializeOwned>(
+    store: &Path,
+    request: &Request,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<T> {
     let value = loop {
-        match route(store, request)? {
+        match route_with_progress(store, request, &mut |p| progress(p.done, p.total))? {
             Route::Daemon(response) => break into_result(response)?,
             Route::Free => match Store::open(store) {
                 Ok(opened) => {
-                    let result = ops::execute(&opened, &NoMounts, request);
+                    let result = ops::execute(&opened, &NoMounts, request, progress);
                     let closed = opened
                         .close()
                         .map_err(|err| anyhow!(err))

@@ -11,14 +11,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use strata_snapshot::DefragReport;
 
 use crate::control::proto::Request;
 use crate::error::EXIT_FAILURE;
+use crate::output;
 use crate::progress::Progress;
-use crate::session::{self, Route};
-use crate::{output, store};
+use crate::session;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,25 +43,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let request = Request::Defrag { progress: terminal };
     let mut progress = Progress::new("defragmenting");
-    let routed = session::route_with_progress(&target.store, &request, &mut |p| {
-        progress.update(p.done, p.total)
-    });
-    let report: DefragReport = match routed? {
-        Route::Daemon(response) => serde_json::from_value(session::into_result(response)?)
-            .context("unexpected reply from the strata daemon")?,
-        Route::Free => {
-            let (path, store) = store::open(&target.store)?;
-            let result = store.defrag(crate::ops::defrag_group(), &mut |done, total| {
-                progress.update(done, total)
-            });
-            let report = result.map_err(|err| anyhow!(err))?;
-            store
-                .close()
-                .map_err(|err| anyhow!(err))
-                .with_context(|| format!("cannot close the store {}", path.display()))?;
-            report
-        }
-    };
+    let report: DefragReport =
+        session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
     if args.json {
         println!("{}", output::json_with_store(&report, &target.store, &[])?);

@@ -8,15 +8,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use strata_snapshot::FlattenReport;
 
 use crate::control::proto::Request;
+use crate::output;
 use crate::progress::Progress;
-use crate::session::{self, Route};
-use crate::{output, store};
+use crate::session;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,42 +30,17 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
-    let request = Request::Flatten {
-        progress: std::io::stderr().is_terminal(),
-    };
-    // Through the daemon: its progress lines drive the same display.
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        eprintln!("flattening {} ...", target.store.display());
+    }
+    let request = Request::Flatten { progress: terminal };
     let mut progress = Progress::new("flattening");
-    let routed = session::route_with_progress(&target.store, &request, &mut |p| {
-        progress.update(p.done, p.total)
-    });
+    let report: FlattenReport =
+        session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
-    let (path, report): (PathBuf, FlattenReport) = match routed? {
-        Route::Daemon(response) => {
-            let report = serde_json::from_value(session::into_result(response)?)
-                .context("unexpected reply from the strata daemon")?;
-            (target.store.clone(), report)
-        }
-        Route::Free => {
-            let (path, store) = store::open(&target.store)?;
-            if std::io::stderr().is_terminal() {
-                eprintln!("flattening {} ...", path.display());
-            }
-            let mut progress = Progress::new("flattening");
-            let result = store.flatten(crate::ops::flatten_batch(), Duration::ZERO, &mut |p| {
-                progress.update(p.done, p.total);
-                true
-            });
-            progress.clear();
-            let report = result.map_err(|err| anyhow!(err))?;
-            store
-                .close()
-                .map_err(|err| anyhow!(err))
-                .with_context(|| format!("cannot close the store {}", path.display()))?;
-            (path, report)
-        }
-    };
     if args.json {
-        println!("{}", output::json_with_store(&report, &path, &[])?);
+        println!("{}", output::json_with_store(&report, &target.store, &[])?);
     } else {
         print!("{}", output::flatten_report(&report));
     }

@@ -7,17 +7,15 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use strata_snapshot::VerifyReport;
 
 use crate::control::proto::Request;
 use crate::error::EXIT_FAILURE;
 use crate::progress::Progress;
-use crate::session::{self, Route};
+use crate::session;
 use crate::size::format_human;
-use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,61 +33,21 @@ pub struct Args {
     pub rate: Option<u64>,
 }
 
-/// The scrub rate through a daemon when `--rate` is not given.
-const MOUNTED_RATE_MIB: u64 = 100;
-
 pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
-    let rate = match args.rate {
-        Some(0) => None,
-        Some(r) => Some(r),
-        None => Some(MOUNTED_RATE_MIB),
-    };
     let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        eprintln!("verifying {} ...", target.store.display());
+    }
     let request = Request::Verify {
-        rate_mib: rate,
+        rate_mib: args.rate,
         progress: terminal,
     };
-    // Through the daemon: its progress lines drive the same display.
     let mut progress = Progress::new("verifying");
-    let mut announced = false;
-    let routed = session::route_with_progress(&target.store, &request, &mut |p| {
-        if !announced {
-            eprintln!(
-                "verifying {} through its daemon (mounted){} ...",
-                target.store.display(),
-                rate.map(|r| format!(", at most {r} MiB/s"))
-                    .unwrap_or_default()
-            );
-            announced = true;
-        }
-        progress.update(p.done, p.total);
-    });
+    let report: VerifyReport =
+        session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
-    let (path, report) = match routed? {
-        Route::Daemon(response) => {
-            let report: VerifyReport = serde_json::from_value(session::into_result(response)?)
-                .context("unexpected reply from the strata daemon")?;
-            (target.store.clone(), report)
-        }
-        Route::Free => {
-            let (path, store) = store::open(&target.store)?;
-            let mut progress = Progress::new("verifying");
-            let started = Instant::now();
-            let limit = args.rate.filter(|r| *r > 0).map(|r| r as f64 * 1048576.0);
-            let result = store.verify(&mut |done, total| {
-                progress.update(done, total);
-                if let Some(limit) = limit {
-                    let due = Duration::from_secs_f64(done as f64 / limit);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-            });
-            progress.clear();
-            (path, result.map_err(|err| anyhow!(err))?)
-        }
-    };
+    let path = target.store;
 
     if args.json {
         let clean = report.problems.is_empty().into();

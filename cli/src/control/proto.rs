@@ -63,7 +63,8 @@ pub enum Request {
     /// The store's space figures (`strata stats`).
     Stats,
     /// Check every block and every tree (a scrub), reading packs at most `rate_mib`
-    /// MiB/s (None: as fast as the disk allows).
+    /// MiB/s (0: as fast as the disk allows; None: `ops::MOUNTED_SCRUB_RATE_MIB` in a
+    /// daemon beside mounts, else no limit).
     Verify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate_mib: Option<u64>,

@@ -263,7 +263,7 @@ fn handle(daemon: &Arc<Daemon>, request: &Request, progress: &mut dyn FnMut(u64,
                 daemon.mount(Path::new(mount_point), &target, *threads)
             })
             .and_then(|info| Ok(serde_json::to_value(info)?)),
-        other => ops::execute_with_progress(&daemon.store, daemon.as_ref(), other, progress),
+        other => ops::execute(&daemon.store, daemon.as_ref(), other, progress),
     };
     match result {
         Ok(value) => {

@@ -345,6 +345,10 @@ impl Daemon {
 }
 
 impl Host for Daemon {
+    fn serves_mounts(&self) -> bool {
+        true
+    }
+
     fn mount_kind(&self, mount_point: &str) -> Option<VolumeKind> {
         self.lock()
             .mounts
