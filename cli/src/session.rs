@@ -257,7 +257,9 @@ pub fn run<T: DeserializeOwned>(store: &Path, request: &Request) -> Result<T> {
 
 /// `run`, telling `progress` (done, total) how far a long request has got: from the
 /// daemon's progress lines (if the request asks for them), or from the operation itself
-/// when the command carries it out.
+/// when the command carries it out. Long requests ask for the lines whether or not they
+/// are drawn: each line restarts the reply timeout, so a scrub of hours through the
+/// daemon is not taken for a daemon that stopped answering.
 pub fn run_with_progress<T: DeserializeOwned>(
     store: &Path,
     request: &Request,

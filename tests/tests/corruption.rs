@@ -134,3 +134,37 @@ fn flipped_byte_in_a_pack_gives_eio_and_verify_names_the_pack() {
         verify.stdout
     );
 }
+
+/// A scrub through the daemon that outlasts the reply timeout still ends with its report:
+/// the command asks for progress lines even off a terminal, and each restarts the
+/// timeout (`STRATA_CONTROL_TIMEOUT` is per line). 12 MiB at 2 MiB/s: about 6 s, against
+/// a timeout of 3 s (the scrub reports about every 4 MiB of packs, 2 s at this rate).
+#[test]
+fn a_scrub_through_the_daemon_outlasts_the_reply_timeout() {
+    let ts = TestStore::new();
+    let m = ts.mount();
+    write_synced(&m.path("f"), &random_bytes(5, 12 << 20)).unwrap();
+    let started = std::time::Instant::now();
+    let run = strata_tests::binary::strata_env(
+        [
+            "verify".as_ref(),
+            ts.mnt.as_os_str(),
+            "--rate".as_ref(),
+            "2".as_ref(),
+        ],
+        &[("STRATA_CONTROL_TIMEOUT", "3".as_ref())],
+    );
+    let took = started.elapsed();
+    assert!(
+        run.success(),
+        "verify through the daemon:\n{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("clean"), "{}", run.stdout);
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "the scrub took only {took:?}"
+    );
+    m.unmount();
+}

@@ -41,7 +41,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     if terminal {
         eprintln!("defragmenting {} ...", target.store.display());
     }
-    let request = Request::Defrag { progress: terminal };
+    let request = Request::Defrag { progress: true };
     let mut progress = Progress::new("defragmenting");
     let report: DefragReport =
         session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;

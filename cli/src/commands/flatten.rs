@@ -34,7 +34,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     if terminal {
         eprintln!("flattening {} ...", target.store.display());
     }
-    let request = Request::Flatten { progress: terminal };
+    let request = Request::Flatten { progress: true };
     let mut progress = Progress::new("flattening");
     let report: FlattenReport =
         session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;

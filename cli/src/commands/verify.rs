@@ -41,7 +41,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let request = Request::Verify {
         rate_mib: args.rate,
-        progress: terminal,
+        progress: true,
     };
     let mut progress = Progress::new("verifying");
     let report: VerifyReport =
