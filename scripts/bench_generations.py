@@ -25,7 +25,9 @@ snapshot's file run at least 0.9x as fast as after 1 generation.
      live-rand    BENCH_GEN_RANDOM_READS block-sized reads at random block-aligned offsets
                   (the same offsets every time, seed BENCH_GEN_SEED; POSIX_FADV_RANDOM)
      oldest-rand  the same on the oldest snapshot's file
-   and the store's size (allocated bytes of packs/ and meta/, unmounted).
+   and the store's size (allocated bytes of packs/ and meta/, unmounted). Each read also
+   records the CPU time the daemon spent meanwhile (utime + stime of its /proc stat):
+   the metadata work per read, which this disk's drift does not blur.
 4. How long building generations 2..N took (rewrites, fsyncs and snapshot creates), and
    the snapshot-create latency over them.
 5. With BENCH_GEN_REMOUNT on: `strata gc STORE` (nothing to free; it compacts meta/ when
@@ -98,6 +100,18 @@ def seq_read(path, size):
     if done != size:
         raise SystemExit(f"{path}: read {done} bytes, expected {size}")
     return {"mib_s": done / MIB / secs, "seconds": secs}
+
+
+def daemon_cpu(store, pid=None):
+    """(pid, CPU seconds used so far) of the daemon serving `store` (its pid is in the
+    store's lock file). Its CPU per read measures the index work, which the disk's
+    drift does not blur."""
+    if pid is None:
+        with open(f"{store}/lock") as f:
+            pid = f.read().strip()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rand_read(path, offsets, bs):
@@ -231,10 +245,13 @@ class Bench:
                 target, kind = name.split("-")
                 for st in stores:
                     self.cold(st)
+                    pid, cpu0 = daemon_cpu(st)
                     if kind == "seq":
-                        runs[(st, name)].append(seq_read(paths[target], self.size))
+                        r = seq_read(paths[target], self.size)
                     else:
-                        runs[(st, name)].append(rand_read(paths[target], self.offsets, self.bs))
+                        r = rand_read(paths[target], self.offsets, self.bs)
+                    r["cpu_s"] = daemon_cpu(st, pid)[1] - cpu0
+                    runs[(st, name)].append(r)
         if baseline:
             self.cold()  # this store mounted again
 
@@ -242,7 +259,11 @@ class Bench:
             reads = {}
             for name in names:
                 rs = runs[(st, name)]
-                row = {"runs": rs, "mib_s": statistics.median(r["mib_s"] for r in rs)}
+                row = {
+                    "runs": rs,
+                    "mib_s": statistics.median(r["mib_s"] for r in rs),
+                    "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                }
                 if "ops_s" in rs[0]:
                     row["ops_s"] = statistics.median(r["ops_s"] for r in rs)
                 reads[name] = row

@@ -150,6 +150,42 @@ pub fn decode_block(b: &[u8]) -> Result<BlockId> {
     Ok(BlockId(id))
 }
 
+/// A read-index checkpoint (docs/metadata.md, "Read index"): the present blocks of a
+/// chunk as (slot, 32-byte block id), slots ascending. Layout: a u64 LE bitmap of the
+/// present slots, then the ids of the present slots in slot order.
+pub fn encode_checkpoint(present: &[(u8, [u8; 32])]) -> Vec<u8> {
+    let mut bits = 0u64;
+    let mut b = Vec::with_capacity(8 + 32 * present.len());
+    b.extend_from_slice(&[0; 8]);
+    for (slot, id) in present {
+        bits |= 1 << slot;
+        b.extend_from_slice(id);
+    }
+    b[..8].copy_from_slice(&bits.to_le_bytes());
+    b
+}
+
+/// The inverse of `encode_checkpoint`.
+pub fn decode_checkpoint(b: &[u8]) -> Result<Vec<(u8, [u8; 32])>> {
+    let bits = u64::from_le_bytes(
+        b.get(..8)
+            .ok_or_else(|| bad("checkpoint", format!("{} bytes", b.len())))?
+            .try_into()
+            .unwrap(),
+    );
+    if b.len() != 8 + 32 * bits.count_ones() as usize {
+        return Err(bad(
+            "checkpoint",
+            format!("{} bytes for {} blocks", b.len(), bits.count_ones()),
+        ));
+    }
+    Ok((0..64u8)
+        .filter(|s| bits & (1 << s) != 0)
+        .zip(b[8..].chunks_exact(32))
+        .map(|(s, id)| (s, id.try_into().unwrap()))
+        .collect())
+}
+
 fn bad(what: &str, detail: String) -> Error {
     Error::BadRecord {
         key: what.to_string(),

@@ -266,14 +266,14 @@ impl Volume {
         let bs = self.bs();
         // (block id, offset in block, offset in out, length) to fetch without the lock.
         let mut fetch: Vec<(BlockId, usize, usize, usize)> = Vec::new();
-        // The committed block map of the whole range in one forward scan (a lookup per
-        // block would descend the tree twice for each).
+        // The committed block map of the range, from the read index: a bounded walk per
+        // chunk, however many generations the store holds.
         let (first, last) = (offset / bs, (end - 1) / bs);
         let committed: HashMap<u64, BlockId> = st
             .meta
-            .scan_range(&keys::block(ino, first), Some(&keys::block(ino, last + 1)))?
+            .block_map(ino, first, last)?
             .into_iter()
-            .map(|(base, v)| Ok((keys::block_index(&base), codec::decode_block(&v)?)))
+            .map(|(idx, v)| Ok((idx, codec::decode_block(&v)?)))
             .collect::<Result<_>>()?;
         let dirty = st.dirty_of(ino);
         let mut pos = offset;

@@ -49,8 +49,10 @@ const KINDS: [u8; 5] = [
     keys::ORPHAN,
     keys::XATTR,
 ];
-/// Records examined per batch by default (one batch holds the state lock).
-pub const DEFAULT_BATCH_RECORDS: usize = 4_096;
+/// Records examined per batch by default (one batch holds the state lock). Each removed
+/// block-map version also removes its read-index twin, so a batch commits about twice
+/// as many keys: 2,048 keeps a batch near 100 ms on this machine's disk (BENCHMARKS.md).
+pub const DEFAULT_BATCH_RECORDS: usize = 2_048;
 
 /// What a flatten run did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -182,6 +184,29 @@ fn plan(gens: &Generations) -> BTreeMap<GenerationId, Option<GenerationId>> {
         .collect()
 }
 
+/// At the start of a pass (in its first commit): the read-index checkpoints of the
+/// generations it removes go. A checkpoint holds its parent's view; once the fold
+/// removes the versions that shadowed parts of it (a tombstone nobody needs any more),
+/// it would show them again. The heirs' walks of those chunks are bounded again after
+/// the pass (`recheck_walks`).
+fn drop_checkpoints(
+    st: &mut State,
+    heirs: &BTreeMap<GenerationId, Option<GenerationId>>,
+) -> Result<()> {
+    for (r, heir) in heirs {
+        for (k, _) in st.meta.scan_raw(&keys::checkpoint_refs(*r))? {
+            if let Some((ino, chunk)) = keys::split_checkpoint_ref(&k) {
+                st.meta.remove_raw(keys::rcheckpoint(ino, chunk, *r));
+                if let Some(h) = heir {
+                    st.meta.put_raw(keys::recheck(ino, chunk, *h), Vec::new());
+                }
+            }
+            st.meta.remove_raw(k);
+        }
+    }
+    Ok(())
+}
+
 /// The smallest key after every version of `base`.
 fn after_base(base: &[u8]) -> Vec<u8> {
     let mut k = keys::versioned(base, GenerationId(u64::MAX));
@@ -201,7 +226,9 @@ impl Store {
     /// Whether deleted generations are waiting to be flattened (or a pass is under way).
     pub fn flatten_pending(&self) -> Result<bool> {
         let st = self.lock();
-        Ok(st.meta.get_raw(&keys::state(FLATTEN_STATE))?.is_some() || !plan(&st.gens).is_empty())
+        Ok(st.meta.get_raw(&keys::state(FLATTEN_STATE))?.is_some()
+            || !plan(&st.gens).is_empty()
+            || !st.meta.scan_raw(&[keys::RECHECK])?.is_empty())
     }
 
     /// Flattens until no deleted generation is left to remove, in batches of about
@@ -282,11 +309,15 @@ impl Store {
         let mut pass = match st.meta.get_raw(&keys::state(FLATTEN_STATE))? {
             Some(v) => Pass::decode(&v)?,
             None => {
+                if let Some(step) = self.recheck_walks(st, budget)? {
+                    return Ok(Some(step));
+                }
                 let heirs = plan(&st.gens);
                 if heirs.is_empty() {
                     return Ok(None);
                 }
                 tracing::info!(generations = heirs.len(), "flatten: pass starts");
+                drop_checkpoints(st, &heirs)?;
                 Pass {
                     heirs,
                     unit: None,
@@ -385,6 +416,45 @@ impl Store {
                 done: if finished { total } else { unit as u64 },
                 total,
                 generations,
+            },
+        }))
+    }
+
+    /// After a pass: bounds again the read-index walks of the heirs whose chunks lost a
+    /// checkpoint (`Q` keys), up to `budget` of them per batch. `None`: none left.
+    fn recheck_walks(&self, st: &mut State, budget: usize) -> Result<Option<Step>> {
+        let pending = st.meta.scan_raw(&[keys::RECHECK])?;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let mut views: HashMap<GenerationId, View> = HashMap::new();
+        let mut done = 0u64;
+        for (k, _) in pending
+            .iter()
+            .take(budget.div_ceil(keys::CHUNK_BLOCKS as usize))
+        {
+            let (ino, chunk, gen) = keys::split_recheck(k).ok_or_else(|| Error::BadRecord {
+                key: format!("{k:?}"),
+                detail: "bad recheck key".into(),
+            })?;
+            if st.gens.all.contains_key(&gen) {
+                let view = match views.get(&gen) {
+                    Some(v) => v.clone(),
+                    None => views.entry(gen).or_insert(st.gens.view(gen)?).clone(),
+                };
+                st.meta.bound_walk(ino, chunk, &view)?;
+            }
+            st.meta.remove_raw(k.clone());
+            done += 1;
+        }
+        self.commit_locked(st)?;
+        Ok(Some(Step {
+            batch: Batch::default(),
+            removed: 0,
+            progress: FlattenProgress {
+                done,
+                total: pending.len() as u64,
+                generations: 0,
             },
         }))
     }

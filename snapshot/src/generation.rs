@@ -7,7 +7,7 @@
 //! them away later). Generation ids grow monotonically and are never reused, so every
 //! ancestor of G has an id below G.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -104,12 +104,23 @@ impl GenerationRecord {
 #[derive(Clone, Debug)]
 pub struct View {
     pub gen: GenerationId,
-    pub ancestors: Arc<HashSet<u64>>,
+    pub ancestors: Arc<BTreeSet<u64>>,
 }
 
 impl View {
     pub fn sees(&self, g: GenerationId) -> bool {
         g == self.gen || self.ancestors.contains(&g.0)
+    }
+
+    /// The newest generation this view sees that is older than `g`.
+    pub fn nearest_below(&self, g: GenerationId) -> Option<GenerationId> {
+        if self.gen < g {
+            return Some(self.gen);
+        }
+        self.ancestors
+            .range(..g.0)
+            .next_back()
+            .map(|a| GenerationId(*a))
     }
 }
 

@@ -14,6 +14,16 @@
 //! | `S`  | S name (unversioned)          | store state (counters)       |
 //! | `C`  | C gen(u64 BE) ino(u64 BE) (unversioned) | empty: gen changed ino (change index) |
 //! | `H`  | H gen(u64 BE) (unversioned)   | empty: snapshot gen is held  |
+//! | `K`  | K gen ino chunk (unversioned) | empty: gen stores a checkpoint of that chunk |
+//! | `Q`  | Q ino chunk gen (unversioned) | empty: flattening removed a checkpoint; gen's walk to be bounded again |
+//! | `R`  | R ino chunk !gen slot (read index) | the `B` twin's value    |
+//! | `P`  | P ino chunk !gen (read index) | checkpoint of the chunk       |
+//!
+//! `R` is the read index of the block map (docs/metadata.md, "Read index"): every `B`
+//! version has a twin under `R`, ordered chunk by chunk ([`CHUNK_BLOCKS`] blocks) and,
+//! inside a chunk, newest generation first (`!gen` = bitwise not, big-endian), so a read
+//! at G starts at G and walks down; checkpoints (`P`, same order, kept apart so the
+//! small twins share pages) end the walk.
 
 use crate::types::{GenerationId, InodeNo};
 
@@ -26,6 +36,14 @@ pub const GENERATION: u8 = b'G';
 pub const STATE: u8 = b'S';
 pub const CHANGE: u8 = b'C';
 pub const HOLD: u8 = b'H';
+pub const READ: u8 = b'R';
+pub const RECHECK: u8 = b'Q';
+pub const CHECKPOINT_REF: u8 = b'K';
+
+pub const CHECKPOINT: u8 = b'P';
+
+/// Blocks per chunk of the read index.
+pub const CHUNK_BLOCKS: u64 = 64;
 
 pub const GEN_SUFFIX_LEN: usize = 8;
 
@@ -155,6 +173,130 @@ pub fn split_versioned(key: &[u8]) -> (&[u8], GenerationId) {
     )
 }
 
+/// `kind ino chunk` (kind `R` or `P`): every read-index entry of one chunk.
+fn chunk_prefix(kind: u8, ino: InodeNo, chunk: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(26);
+    k.push(kind);
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// `kind ino chunk !gen`: where a walk at `gen` starts (entries of `gen` and older follow).
+fn chunk_at(kind: u8, ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
+    let mut k = chunk_prefix(kind, ino, chunk);
+    k.extend_from_slice(&(!gen.0).to_be_bytes());
+    k
+}
+
+/// Every `R` twin of one chunk.
+pub fn rchunk(ino: InodeNo, chunk: u64) -> Vec<u8> {
+    chunk_prefix(READ, ino, chunk)
+}
+
+/// The `R` twins of one chunk from generation `gen` down.
+pub fn rchunk_at(ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
+    chunk_at(READ, ino, chunk, gen)
+}
+
+/// Every checkpoint of one chunk.
+pub fn pchunk(ino: InodeNo, chunk: u64) -> Vec<u8> {
+    chunk_prefix(CHECKPOINT, ino, chunk)
+}
+
+/// The checkpoints of one chunk from generation `gen` down.
+pub fn pchunk_at(ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
+    chunk_at(CHECKPOINT, ino, chunk, gen)
+}
+
+/// The checkpoint of `chunk` stored under `gen`.
+pub fn rcheckpoint(ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
+    pchunk_at(ino, chunk, gen)
+}
+
+/// (ino, chunk) of an `R` or `P` key.
+pub fn split_chunk(key: &[u8]) -> (InodeNo, u64) {
+    (
+        key_ino(key),
+        u64::from_be_bytes(key[9..17].try_into().unwrap()),
+    )
+}
+
+/// (generation, slot) of an `R` key.
+pub fn split_rkey(key: &[u8]) -> Option<(GenerationId, u8)> {
+    if key.len() != 26 || key[0] != READ {
+        return None;
+    }
+    let gen = GenerationId(!u64::from_be_bytes(key[17..25].try_into().unwrap()));
+    Some((gen, key[25]))
+}
+
+/// The generation of a `P` key.
+pub fn split_pkey(key: &[u8]) -> Option<GenerationId> {
+    if key.len() != 25 || key[0] != CHECKPOINT {
+        return None;
+    }
+    Some(GenerationId(!u64::from_be_bytes(
+        key[17..25].try_into().unwrap(),
+    )))
+}
+
+/// `K gen`: the checkpoints stored under `gen` (flattening finds them here).
+pub fn checkpoint_refs(gen: GenerationId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(CHECKPOINT_REF);
+    k.extend_from_slice(&gen.0.to_be_bytes());
+    k
+}
+
+/// `K gen ino chunk`: `gen` stores a checkpoint of `chunk` of `ino`.
+pub fn checkpoint_ref(gen: GenerationId, ino: InodeNo, chunk: u64) -> Vec<u8> {
+    let mut k = checkpoint_refs(gen);
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// (ino, chunk) of a `checkpoint_ref` key.
+pub fn split_checkpoint_ref(key: &[u8]) -> Option<(InodeNo, u64)> {
+    if key.len() != 25 || key[0] != CHECKPOINT_REF {
+        return None;
+    }
+    let u = |r: std::ops::Range<usize>| u64::from_be_bytes(key[r].try_into().unwrap());
+    Some((InodeNo(u(9..17)), u(17..25)))
+}
+
+/// `Q ino chunk gen`: the walk of `chunk` at `gen` is to be bounded again.
+pub fn recheck(ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(RECHECK);
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k.extend_from_slice(&gen.0.to_be_bytes());
+    k
+}
+
+/// (ino, chunk, gen) of a `recheck` key.
+pub fn split_recheck(key: &[u8]) -> Option<(InodeNo, u64, GenerationId)> {
+    if key.len() != 25 || key[0] != RECHECK {
+        return None;
+    }
+    let u = |r: std::ops::Range<usize>| u64::from_be_bytes(key[r].try_into().unwrap());
+    Some((InodeNo(u(1..9)), u(9..17), GenerationId(u(17..25))))
+}
+
+/// The read-index twin of a versioned `B` key (`B ino index gen`), if `key` is one.
+pub fn rtwin(key: &[u8]) -> Option<Vec<u8>> {
+    if key.len() != 25 || key[0] != BLOCK {
+        return None;
+    }
+    let index = u64::from_be_bytes(key[9..17].try_into().unwrap());
+    let gen = GenerationId(u64::from_be_bytes(key[17..25].try_into().unwrap()));
+    let mut k = rchunk_at(key_ino(key), index / CHUNK_BLOCKS, gen);
+    k.push((index % CHUNK_BLOCKS) as u8);
+    Some(k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +318,26 @@ mod tests {
         assert_eq!(block_index(&block(InodeNo(5), 7)), 7);
         assert_eq!(key_ino(&block(InodeNo(5), 7)), InodeNo(5));
         assert_eq!(dirent(InodeNo(2), b"x")[9..], *b"x\0");
+    }
+
+    #[test]
+    fn read_index_twins_sort_by_chunk_then_newest_first() {
+        let twin = |idx, g| rtwin(&versioned(&block(InodeNo(5), idx), GenerationId(g))).unwrap();
+        assert_eq!(twin(70, 3)[..17], rchunk(InodeNo(5), 1)[..]);
+        assert_eq!(split_rkey(&twin(70, 3)), Some((GenerationId(3), 6)));
+        assert_eq!(split_chunk(&twin(70, 3)), (InodeNo(5), 1));
+        // Newer generations first; a walk at 3 starts after everything of 4.
+        assert!(twin(70, 4) < twin(64, 3));
+        assert!(rchunk_at(InodeNo(5), 1, GenerationId(3)) > twin(127, 4));
+        assert!(rchunk_at(InodeNo(5), 1, GenerationId(3)) <= twin(64, 3));
+        let cp = rcheckpoint(InodeNo(5), 1, GenerationId(3));
+        assert_eq!(split_pkey(&cp), Some(GenerationId(3)));
+        assert!(pchunk_at(InodeNo(5), 1, GenerationId(4)) < cp);
+        assert_eq!(split_chunk(&cp), (InodeNo(5), 1));
+        assert_eq!(rtwin(&block(InodeNo(5), 70)), None);
+        let r = recheck(InodeNo(5), 1, GenerationId(3));
+        assert_eq!(split_recheck(&r), Some((InodeNo(5), 1, GenerationId(3))));
+        let k = checkpoint_ref(GenerationId(3), InodeNo(5), 1);
+        assert_eq!(split_checkpoint_ref(&k), Some((InodeNo(5), 1)));
     }
 }

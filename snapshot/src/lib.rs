@@ -65,3 +65,5 @@ mod tests_defrag;
 mod tests_flatten;
 #[cfg(test)]
 mod tests_generations;
+#[cfg(test)]
+mod tests_read_index;

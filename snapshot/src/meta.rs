@@ -26,6 +26,11 @@ use crate::generation::View;
 use crate::keys::{self, GEN_SUFFIX_LEN};
 use crate::types::GenerationId;
 
+mod read_index;
+
+#[cfg(test)]
+pub(crate) use read_index::MAX_WALK;
+
 pub const META_DIR: &str = "meta";
 pub(crate) const TREE: &str = "meta";
 pub const BLOCK_INDEX_TREE: &str = "blocks";
@@ -39,6 +44,16 @@ pub struct Meta {
     view: View,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     flusher: Flusher,
+    /// Tells the background warm-up (`warm_block_index`) to stop: set when this handle
+    /// goes, so the warm-up never keeps sled (and its lock) open after the store closes.
+    warming: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Meta {
+    fn drop(&mut self) {
+        self.warming
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Makes everything sled holds durable (flush, then fsync of `meta/`) without a
@@ -67,13 +82,16 @@ impl Meta {
         let dir = store.join(META_DIR);
         let db = crate::meta_compact::open(store, &open_sled)?;
         let tree = db.open_tree(TREE)?;
-        prewarm(&dir);
+        let warming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        if prewarm(&dir) {
+            warm_block_index(db.open_tree(BLOCK_INDEX_TREE)?, warming.clone());
+        }
         let flusher = Flusher {
             db: db.clone(),
             dir,
             syncer: Default::default(),
         };
-        Ok(Meta {
+        let mut meta = Meta {
             db,
             tree,
             view: View {
@@ -82,7 +100,10 @@ impl Meta {
             },
             overlay: BTreeMap::new(),
             flusher,
-        })
+            warming,
+        };
+        meta.build_read_index()?;
+        Ok(meta)
     }
 
     /// The sled tree that the blockstore keeps its index in.
@@ -159,11 +180,11 @@ impl Meta {
     }
 
     pub fn remove_raw(&mut self, key: Vec<u8>) {
-        self.overlay.insert(key, None);
+        self.stage(key, None);
     }
 
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert(key, Some(value));
+        self.stage(key, Some(value));
     }
 
     // ---- versioned records ----
@@ -216,8 +237,7 @@ impl Meta {
         let mut v = Vec::with_capacity(payload.len() + 1);
         v.push(PRESENT);
         v.extend_from_slice(payload);
-        self.overlay
-            .insert(keys::versioned(base, self.view.gen), Some(v));
+        self.stage(keys::versioned(base, self.view.gen), Some(v));
         self.note_change(base);
     }
 
@@ -261,9 +281,10 @@ impl Meta {
         let k = keys::versioned(base, self.view.gen);
         self.note_change(base);
         if self.ancestor_has(base)? {
-            self.overlay.insert(k, Some(vec![TOMBSTONE]));
+            self.stage(k, Some(vec![TOMBSTONE]));
         } else {
-            self.overlay.insert(k, None);
+            self.stage(k, None);
+            self.refresh_checkpoint(base)?;
         }
         Ok(())
     }
@@ -363,6 +384,7 @@ impl Meta {
     /// Makes the overlay durable as one atomic batch. On failure the overlay is kept.
     pub fn commit(&mut self) -> Result<()> {
         if !self.overlay.is_empty() {
+            self.bound_staged_walks()?;
             let mut batch = sled::Batch::default();
             for (k, v) in &self.overlay {
                 match v {
@@ -418,10 +440,10 @@ const PREWARM_RAM_FRACTION: u64 = 8;
 /// (51 MB in ~35 ms here, against ~0.5 s of cold lookups for one file's block map after
 /// 1000 generations; BENCHMARKS.md). The same warm-up databases do at start (InnoDB's
 /// buffer pool load, pg_prewarm). Advice only: failures are ignored.
-fn prewarm(dir: &Path) {
+fn prewarm(dir: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return false;
     };
     let files: Vec<(std::fs::File, u64)> = entries
         .flatten()
@@ -435,13 +457,13 @@ fn prewarm(dir: &Path) {
     let ram = unsafe {
         let mut info: libc::sysinfo = std::mem::zeroed();
         if libc::sysinfo(&mut info) != 0 {
-            return;
+            return false;
         }
         info.totalram as u64 * u64::from(info.mem_unit)
     };
     if total > ram / PREWARM_RAM_FRACTION {
         tracing::debug!(total, ram, "meta/ not prewarmed: too large");
-        return;
+        return false;
     }
     // The kernel reads at most the device's readahead size per call: ask piece by piece.
     const PIECE: u64 = 128 << 10;
@@ -458,6 +480,33 @@ fn prewarm(dir: &Path) {
             }
         }
     }
+    true
+}
+
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 64 << 20;
+
+/// Loads the block index into sled's own cache, in the background: a file read looks up
+/// each block's id there, at random places of the tree, so a cold lookup parses a page
+/// that one pass in key order parses once for all.
+fn warm_block_index(tree: sled::Tree, go_on: Arc<std::sync::atomic::AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("strata-warm".into())
+        .spawn(move || {
+            // Half of sled's cache at most: beyond it, warming would evict itself.
+            let mut bytes = 0usize;
+            for item in tree.iter() {
+                let Ok((k, v)) = item else { break };
+                if !go_on.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                bytes += k.len() + v.len();
+                if bytes > SLED_CACHE_BYTES as usize / 2 {
+                    break;
+                }
+            }
+            tracing::debug!(bytes, "block index warmed");
+        });
 }
 
 /// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can
@@ -468,7 +517,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
     loop {
         match sled::Config::new()
             .path(dir)
-            .cache_capacity(64 << 20)
+            .cache_capacity(SLED_CACHE_BYTES)
             .flush_every_ms(None)
             .open()
         {

@@ -203,6 +203,47 @@ fn history(s: &Arc<Store>, rng: &mut Rng, steps: usize) -> usize {
     deleted
 }
 
+/// The read index answers every kept tree's block map exactly as the `B` records do.
+fn assert_read_index(s: &Store, what: &str) {
+    let mut st = s.lock();
+    // Kept generations (a deleted one under a pass may read partly folded).
+    let gens: Vec<GenerationId> = st
+        .gens
+        .all
+        .iter()
+        .filter(|(_, r)| r.state != crate::generation::STATE_DELETED)
+        .map(|(g, _)| *g)
+        .collect();
+    // Every inode with a block map version anywhere, with its highest block index.
+    let mut inodes: BTreeMap<InodeNo, u64> = BTreeMap::new();
+    for (base, _, _) in st.meta.all_versions(&[crate::keys::BLOCK]).unwrap() {
+        let top = inodes.entry(crate::keys::key_ino(&base)).or_default();
+        *top = (*top).max(crate::keys::block_index(&base));
+    }
+    for g in gens {
+        let view = st.gens.view(g).unwrap();
+        st.meta.set_view(&view);
+        let mut by_ino: BTreeMap<InodeNo, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for (base, v) in st.meta.scan(&[crate::keys::BLOCK]).unwrap() {
+            by_ino
+                .entry(crate::keys::key_ino(&base))
+                .or_default()
+                .push((crate::keys::block_index(&base), v));
+        }
+        for (ino, top) in &inodes {
+            assert_eq!(
+                st.meta.block_map(*ino, 0, top + 70).unwrap(),
+                by_ino.remove(ino).unwrap_or_default(),
+                "{what}: generation {} inode {}",
+                g.0,
+                ino.0
+            );
+        }
+    }
+    let head = st.gens.view(st.gens.head(MAIN_BRANCH).unwrap()).unwrap();
+    st.meta.set_view(&head);
+}
+
 fn generation_count(s: &Store) -> usize {
     s.lock().gens.all.len()
 }
@@ -218,6 +259,7 @@ fn check_seed(seed: u64) {
         }
     }
     let before = all_trees(&s);
+    assert_read_index(&s, &format!("seed {seed} before flattening"));
     let report = s.verify(&mut |_, _| {}).unwrap();
     assert!(
         report.problems.is_empty(),
@@ -240,11 +282,14 @@ fn check_seed(seed: u64) {
     for _ in 0..3 {
         s.flatten_batches(40, Duration::ZERO, nothing, 3).unwrap();
         mutate(&main, &mut rng);
+        assert_read_index(&s, &format!("seed {seed} mid-pass"));
         expected.insert("branch main".into(), contents(&main));
     }
     s.flatten(100, Duration::ZERO, nothing).unwrap();
+    assert_read_index(&s, &format!("seed {seed} after flatten"));
     assert!(!s.flatten_pending().unwrap(), "seed {seed}");
     assert_eq!(all_trees(&s), expected, "seed {seed}: after flattening");
+    assert_read_index(&s, &format!("seed {seed} after flattening"));
     assert!(s.stray_records().unwrap().is_empty(), "seed {seed}");
     let report = s.verify(&mut |_, _| {}).unwrap();
     assert!(

@@ -129,6 +129,16 @@ impl Store {
             r.problems
                 .extend(problems.into_iter().map(|p| format!("{label}{p}")));
         }
+        {
+            // The read index against the block map, at a commit (under the state lock:
+            // one pass over both; the mount waits for it).
+            let mut st = self.lock();
+            self.commit_locked(&mut st)?;
+            let st = &mut *st;
+            let gens = &st.gens;
+            r.problems
+                .extend(st.meta.check_read_index(&mut |g| gens.view(g).ok())?);
+        }
         for (g, n) in self.stray_records()? {
             r.problems.push(format!(
                 "metadata: {n} record{} of generation {}, which does not exist",

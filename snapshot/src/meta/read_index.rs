@@ -1,0 +1,434 @@
+//! The read index of the block map (docs/metadata.md, "Read index"): what makes a read
+//! at any generation visit a bounded number of index entries, however many generations
+//! the store holds.
+//!
+//! Every versioned `B` key has a twin under `R` with the same value (`stage` writes
+//! both, so every path that changes the block map keeps the twin in step: writes,
+//! truncation, deletion, flattening). Twins are ordered by chunk of
+//! [`CHUNK_BLOCKS`](keys::CHUNK_BLOCKS) blocks and, inside a chunk, newest generation
+//! first. A read at G finds, per chunk, the newest *checkpoint* G sees (`P`, same
+//! order), then walks the twins from G down to that checkpoint's generation, taking for
+//! each slot the first version G sees and re-seeking past generations it does not see
+//! (another branch's); the checkpoint fills the slots still open.
+//!
+//! A checkpoint stored under g holds the whole chunk as g's parent saw it; g's own
+//! versions win over it. Each commit checks the chunks it changed in the live
+//! generation: when a walk there visits more than [`MAX_WALK`] entries, a checkpoint is
+//! written under the live generation (listed under `K gen` for flattening). A walk
+//! therefore visits at most `MAX_WALK` entries plus one generation's versions plus one
+//! checkpoint, at every generation.
+//!
+//! Invariants (verify checks them): the `R` twins are exactly the `B` versions; every
+//! checkpoint is listed under `K` and the reverse; a walk at a generation with a
+//! checkpoint reads the chunk as the `B` records say. (Flattening may fold the parent's
+//! versions into g after the checkpoint was written; g's own versions win, so the
+//! walk's result stays right. When the live generation drops one of its own versions
+//! under a checkpoint, the checkpoint is written again from the parent's current view.
+//! A flatten pass removes the checkpoints of the generations it removes in its first
+//! commit, and the heirs' walks are bounded again after it.)
+
+use std::ops::Bound;
+
+use sled::IVec;
+
+use super::{prefix_end, unwrap_envelope, Meta};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::generation::View;
+use crate::keys::{self, CHUNK_BLOCKS};
+use crate::types::{GenerationId, InodeNo};
+
+/// State key present once the read index holds a twin of every `B` version.
+const BUILT_STATE: &str = "read_index";
+/// Twins written per sled batch when building the index of an older store.
+const BUILD_BATCH: usize = 16_384;
+
+/// Entries a walk may visit before a commit writes a checkpoint (two versions per block).
+#[cfg(not(test))]
+pub const MAX_WALK: usize = 2 * CHUNK_BLOCKS as usize;
+/// Small in unit tests, so their histories of a few blocks write checkpoints often.
+#[cfg(test)]
+pub const MAX_WALK: usize = 3;
+
+fn bad_key(k: &[u8]) -> Error {
+    Error::BadRecord {
+        key: format!("{k:?}"),
+        detail: "bad read-index key".into(),
+    }
+}
+
+/// A walk of one chunk: per slot, `None` = not resolved, `Some(None)` = hole.
+pub(crate) struct Walk {
+    pub slots: Vec<Option<Option<Vec<u8>>>>,
+    /// Entries visited.
+    pub visited: usize,
+}
+
+impl Walk {
+    fn resolved(&self, lo: usize, hi: usize) -> bool {
+        self.slots[lo..=hi].iter().all(Option::is_some)
+    }
+}
+
+impl Meta {
+    /// Stages `key` (and its read-index twin, for a `B` version) in the overlay.
+    pub(super) fn stage(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Some(twin) = keys::rtwin(&key) {
+            self.overlay.insert(twin, value.clone());
+        }
+        self.overlay.insert(key, value);
+    }
+
+    /// Gives a store made before the read index existed its `R` twins (once, at open;
+    /// crash-safe: twins are idempotent and the state key is written last). Its walks
+    /// are bounded as the chunks are written again.
+    pub(super) fn build_read_index(&mut self) -> Result<()> {
+        let done = keys::state(BUILT_STATE);
+        if self.tree.get(&done)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        let mut total = 0usize;
+        for item in self.tree.range(vec![keys::BLOCK]..vec![keys::BLOCK + 1]) {
+            let (k, v) = item?;
+            if let Some(twin) = keys::rtwin(&k) {
+                batch.insert(twin, v);
+                n += 1;
+            }
+            if n == BUILD_BATCH {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                total += n;
+                n = 0;
+            }
+        }
+        batch.insert(done, IVec::default());
+        self.tree.apply_batch(batch)?;
+        total += n;
+        self.flusher.flush()?;
+        if total > 0 {
+            tracing::info!(twins = total, "read index built");
+        }
+        Ok(())
+    }
+
+    /// Committed and staged keys in `[lo, hi)`, staged ones winning, in key order.
+    fn merged_iter(
+        &self,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+    ) -> Box<dyn Iterator<Item = Result<(IVec, IVec)>> + '_> {
+        let range = (Bound::Included(lo.clone()), Bound::Excluded(hi.clone()));
+        let sled = self.tree.range(lo..hi).map(|i| i.map_err(Error::from));
+        let mut staged = self.overlay.range::<Vec<u8>, _>(range).peekable();
+        if staged.peek().is_none() {
+            return Box::new(sled);
+        }
+        let mut sled = sled.peekable();
+        Box::new(std::iter::from_fn(move || loop {
+            let take_staged = match (staged.peek(), sled.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((sk, _)), Some(Ok((k, _)))) => sk.as_slice() <= k.as_ref(),
+                (_, Some(Err(_))) => false,
+            };
+            if !take_staged {
+                return sled.next();
+            }
+            let (k, v) = staged.next().unwrap();
+            if matches!(sled.peek(), Some(Ok((sk, _))) if sk.as_ref() == k.as_slice()) {
+                sled.next();
+            }
+            if let Some(v) = v {
+                return Some(Ok((IVec::from(k.as_slice()), IVec::from(v.as_slice()))));
+            }
+        }))
+    }
+
+    /// Walks `chunk` of `ino` as `view` sees it (`parent_only`: as the parent of
+    /// `view.gen` sees it, skipping `view.gen`'s own versions) until slots `lo..=hi` are
+    /// resolved, a checkpoint is met, or the chunk ends.
+    pub(crate) fn walk_chunk(
+        &self,
+        ino: InodeNo,
+        chunk: u64,
+        view: &View,
+        (lo, hi): (usize, usize),
+        parent_only: bool,
+    ) -> Result<Walk> {
+        let mut walk = Walk {
+            slots: vec![None; CHUNK_BLOCKS as usize],
+            visited: 0,
+        };
+        let sees = |g: GenerationId| view.sees(g) && !(parent_only && g == view.gen);
+        // The floor: the newest checkpoint the view sees, and its generation.
+        let mut floor: Option<(GenerationId, IVec)> = None;
+        let end = prefix_end(&keys::pchunk(ino, chunk)).expect("chunk prefix has an end");
+        let mut from = Some(view.gen);
+        while let Some(at) = from.take() {
+            let first = self
+                .merged_iter(keys::pchunk_at(ino, chunk, at), end.clone())
+                .next();
+            if let Some(item) = first {
+                let (k, v) = item?;
+                let g = keys::split_pkey(&k).ok_or_else(|| bad_key(&k))?;
+                walk.visited += 1;
+                if sees(g) {
+                    floor = Some((g, v));
+                } else {
+                    from = view.nearest_below(g);
+                }
+            }
+        }
+        // The deltas from the view's generation down to the floor's (inclusive: a
+        // generation's own versions win over its checkpoint).
+        let end = prefix_end(&keys::rchunk(ino, chunk)).expect("chunk prefix has an end");
+        let mut from = Some(view.gen);
+        'seek: while let Some(at) = from.take() {
+            for item in self.merged_iter(keys::rchunk_at(ino, chunk, at), end.clone()) {
+                let (k, v) = item?;
+                let (g, slot) = keys::split_rkey(&k).ok_or_else(|| bad_key(&k))?;
+                if floor.as_ref().is_some_and(|(f, _)| g < *f) {
+                    break 'seek;
+                }
+                walk.visited += 1;
+                if !sees(g) {
+                    from = view.nearest_below(g);
+                    continue 'seek;
+                }
+                let s = &mut walk.slots[slot as usize];
+                if s.is_none() {
+                    *s = Some(unwrap_envelope(&k, &v)?);
+                }
+                if walk.resolved(lo, hi) {
+                    break 'seek;
+                }
+            }
+        }
+        if let Some((_, v)) = floor {
+            if !walk.resolved(lo, hi) {
+                let mut present = codec::decode_checkpoint(&v)?.into_iter().peekable();
+                for (slot, s) in walk.slots.iter_mut().enumerate() {
+                    let here = present.next_if(|(p, _)| *p as usize == slot);
+                    if s.is_none() {
+                        *s = Some(here.map(|(_, id)| id.to_vec()));
+                    }
+                }
+            }
+        }
+        for s in &mut walk.slots[lo..=hi] {
+            s.get_or_insert(None);
+        }
+        Ok(walk)
+    }
+
+    /// The block map of `ino` for blocks `first..=last` as the live view sees it: the
+    /// payload (block id) of each present block, by ascending index.
+    pub fn block_map(&self, ino: InodeNo, first: u64, last: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for chunk in first / CHUNK_BLOCKS..=last / CHUNK_BLOCKS {
+            let base = chunk * CHUNK_BLOCKS;
+            let lo = (first.max(base) - base) as usize;
+            let hi = (last.min(base + CHUNK_BLOCKS - 1) - base) as usize;
+            let walk = self.walk_chunk(ino, chunk, &self.view, (lo, hi), false)?;
+            for (slot, s) in walk.slots.into_iter().enumerate().take(hi + 1).skip(lo) {
+                if let Some(Some(p)) = s {
+                    out.push((base + slot as u64, p));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The checkpoint of `chunk` for generation `view.gen`: the chunk as its parent sees it.
+    pub(crate) fn checkpoint_of(&self, ino: InodeNo, chunk: u64, view: &View) -> Result<Vec<u8>> {
+        let last = CHUNK_BLOCKS as usize - 1;
+        let walk = self.walk_chunk(ino, chunk, view, (0, last), true)?;
+        let mut present = Vec::new();
+        for (slot, s) in walk.slots.into_iter().enumerate() {
+            if let Some(Some(p)) = s {
+                let id: [u8; 32] = p.as_slice().try_into().map_err(|_| Error::BadRecord {
+                    key: format!("block map of inode {} chunk {chunk}", ino.0),
+                    detail: format!("{} bytes, need 32", p.len()),
+                })?;
+                present.push((slot as u8, id));
+            }
+        }
+        Ok(codec::encode_checkpoint(&present))
+    }
+
+    /// Stages a checkpoint under `view.gen` for `chunk` if a walk there is longer than
+    /// `MAX_WALK`. Returns whether it did.
+    pub(crate) fn bound_walk(&mut self, ino: InodeNo, chunk: u64, view: &View) -> Result<bool> {
+        let last = CHUNK_BLOCKS as usize - 1;
+        if self.walk_chunk(ino, chunk, view, (0, last), false)?.visited <= MAX_WALK {
+            return Ok(false);
+        }
+        let cp = self.checkpoint_of(ino, chunk, view)?;
+        self.overlay
+            .insert(keys::rcheckpoint(ino, chunk, view.gen), Some(cp));
+        self.overlay
+            .insert(keys::checkpoint_ref(view.gen, ino, chunk), Some(Vec::new()));
+        Ok(true)
+    }
+
+    /// Checks the read index against the block map (`verify`): every `B` version has
+    /// its `R` twin with the same value and every twin its `B` version; every checkpoint
+    /// equals the chunk as its generation's parent sees it. `views` gives the view of a
+    /// generation (None: it no longer exists). Returns one line per problem.
+    pub(crate) fn check_read_index(
+        &self,
+        views: &mut dyn FnMut(GenerationId) -> Option<View>,
+    ) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let mut twins = std::collections::HashMap::new();
+        for item in self.tree.range(vec![keys::BLOCK]..vec![keys::BLOCK + 1]) {
+            let (k, v) = item?;
+            if let Some(t) = keys::rtwin(&k) {
+                twins.insert(t, v);
+            }
+        }
+        for item in self.tree.range(vec![keys::READ]..vec![keys::READ + 1]) {
+            let (k, v) = item?;
+            let (ino, chunk) = keys::split_chunk(&k);
+            match keys::split_rkey(&k) {
+                None => problems.push(format!("read index: bad key {:?}", k.as_ref())),
+                Some((_, slot)) => {
+                    if twins.remove(k.as_ref()) != Some(v) {
+                        problems.push(format!(
+                            "read index: inode {} block {} differs from the block map",
+                            ino.0,
+                            chunk * CHUNK_BLOCKS + u64::from(slot)
+                        ));
+                    }
+                }
+            }
+        }
+        for k in twins.keys() {
+            problems.push(format!("read index: missing twin {k:?}"));
+        }
+        // Every checkpoint is listed under its generation (flattening finds it there),
+        // and a walk at its generation reads the chunk as the `B` records say.
+        let mut refs = std::collections::HashSet::new();
+        for item in self
+            .tree
+            .range(vec![keys::CHECKPOINT_REF]..vec![keys::CHECKPOINT_REF + 1])
+        {
+            refs.insert(item?.0);
+        }
+        for item in self
+            .tree
+            .range(vec![keys::CHECKPOINT]..vec![keys::CHECKPOINT + 1])
+        {
+            let (k, _) = item?;
+            let (ino, chunk) = keys::split_chunk(&k);
+            let Some(g) = keys::split_pkey(&k) else {
+                problems.push(format!("read index: bad key {:?}", k.as_ref()));
+                continue;
+            };
+            if !refs.remove(keys::checkpoint_ref(g, ino, chunk).as_slice()) {
+                problems.push(format!("read index: checkpoint {k:?} is not listed"));
+            }
+            let ok = match views(g) {
+                Some(view) => {
+                    let last = CHUNK_BLOCKS as usize - 1;
+                    let walk = self.walk_chunk(ino, chunk, &view, (0, last), false)?;
+                    let walked: Vec<Option<Vec<u8>>> =
+                        walk.slots.into_iter().map(Option::flatten).collect();
+                    walked == self.chunk_from_block_map(ino, chunk, &view)?
+                }
+                None => false,
+            };
+            if !ok {
+                problems.push(format!(
+                    "read index: inode {} blocks {}.. read wrong at generation {} (checkpoint)",
+                    ino.0,
+                    chunk * CHUNK_BLOCKS,
+                    g.0
+                ));
+            }
+        }
+        for r in refs {
+            problems.push(format!("read index: listed checkpoint {r:?} is missing"));
+        }
+        Ok(problems)
+    }
+
+    /// A chunk as `view` sees it, from the committed `B` records alone.
+    pub(crate) fn chunk_from_block_map(
+        &self,
+        ino: InodeNo,
+        chunk: u64,
+        view: &View,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = vec![None; CHUNK_BLOCKS as usize];
+        let lo = keys::block(ino, chunk * CHUNK_BLOCKS);
+        let hi = keys::block(ino, (chunk + 1) * CHUNK_BLOCKS);
+        // Versions ascend by generation: the last one the view sees wins.
+        let mut best: Option<(u64, IVec, IVec)> = None;
+        let mut take = |best: &mut Option<(u64, IVec, IVec)>| -> Result<()> {
+            if let Some((idx, k, v)) = best.take() {
+                out[(idx - chunk * CHUNK_BLOCKS) as usize] = unwrap_envelope(&k, &v)?;
+            }
+            Ok(())
+        };
+        for item in self.tree.range(lo..hi) {
+            let (k, v) = item?;
+            let (base, g) = keys::split_versioned(&k);
+            let idx = keys::block_index(base);
+            if best.as_ref().is_some_and(|(b, _, _)| *b != idx) {
+                take(&mut best)?;
+            }
+            if view.sees(g) {
+                best = Some((idx, k.clone(), v));
+            }
+        }
+        take(&mut best)?;
+        Ok(out)
+    }
+
+    /// After the live generation dropped its own version of `base`: if a checkpoint of
+    /// its chunk is stored under the live generation, writes it again from the parent's
+    /// current view (flattening may have changed what the parent shows since).
+    pub(super) fn refresh_checkpoint(&mut self, base: &[u8]) -> Result<()> {
+        if base.len() != 17 || base[0] != keys::BLOCK {
+            return Ok(());
+        }
+        let (ino, chunk) = (keys::key_ino(base), keys::block_index(base) / CHUNK_BLOCKS);
+        let cp = keys::rcheckpoint(ino, chunk, self.view.gen);
+        let exists = match self.overlay.get(&cp) {
+            Some(v) => v.is_some(),
+            None => self.tree.get(&cp)?.is_some(),
+        };
+        if exists {
+            let view = self.view.clone();
+            let fresh = self.checkpoint_of(ino, chunk, &view)?;
+            self.overlay.insert(cp, Some(fresh));
+        }
+        Ok(())
+    }
+
+    /// Before a commit: bounds the walks of the chunks the live generation changed.
+    pub(super) fn bound_staged_walks(&mut self) -> Result<()> {
+        let gen = self.view.gen;
+        let mut chunks: Vec<(InodeNo, u64)> = Vec::new();
+        for k in self
+            .overlay
+            .range(vec![keys::READ]..vec![keys::READ + 1])
+            .map(|(k, _)| k)
+        {
+            if let Some((g, _)) = keys::split_rkey(k) {
+                let (ino, chunk) = keys::split_chunk(k);
+                if g == gen && chunks.last() != Some(&(ino, chunk)) {
+                    chunks.push((ino, chunk));
+                }
+            }
+        }
+        let view = self.view.clone();
+        for (ino, chunk) in chunks {
+            self.bound_walk(ino, chunk, &view)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! The read index (docs/metadata.md, "Read index"): after hundreds of generations a read
+//! at every generation visits a bounded number of entries per chunk and reads what the
+//! `B` records say; rollback and clones jump over other branches; deleting and
+//! flattening keeps it exact; a store without the index gets it at open.
+
+use std::sync::Arc;
+
+use crate::keys::CHUNK_BLOCKS;
+use crate::meta::MAX_WALK;
+use crate::tests::{new_store, reopen, BS};
+use crate::*;
+
+const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+/// Three chunks, the last one partly a hole.
+const BLOCKS: u64 = 2 * CHUNK_BLOCKS + 20;
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn block(i: u64, round: u64) -> Vec<u8> {
+    let b = (i * 31 + round * 7) as u8;
+    (0..BS).map(|j| b ^ (j >> 9) as u8).collect()
+}
+
+/// Longest walk allowed: `MAX_WALK` entries, one generation's deltas, its checkpoint,
+/// plus `jumps` entries of other branches (one per re-seek).
+fn bound(jumps: usize) -> usize {
+    MAX_WALK + CHUNK_BLOCKS as usize + 1 + jumps
+}
+
+/// Every generation: each chunk's walk is within `bound(jumps)` and reads as `B` says.
+fn check_walks(s: &Arc<Store>, ino: InodeNo, jumps: usize) -> usize {
+    let st = s.lock();
+    let mut longest = 0;
+    for g in st.gens.all.keys() {
+        let view = st.gens.view(*g).unwrap();
+        for chunk in 0..BLOCKS.div_ceil(CHUNK_BLOCKS) {
+            let last = CHUNK_BLOCKS as usize - 1;
+            let walk = st
+                .meta
+                .walk_chunk(ino, chunk, &view, (0, last), false)
+                .unwrap();
+            assert!(
+                walk.visited <= bound(jumps),
+                "generation {} chunk {chunk}: {} entries visited",
+                g.0,
+                walk.visited
+            );
+            longest = longest.max(walk.visited);
+            let walked: Vec<Option<Vec<u8>>> =
+                walk.slots.into_iter().map(Option::flatten).collect();
+            assert_eq!(
+                walked,
+                st.meta.chunk_from_block_map(ino, chunk, &view).unwrap(),
+                "generation {} chunk {chunk}",
+                g.0
+            );
+        }
+    }
+    longest
+}
+
+/// A file of `BLOCKS` blocks, then `gens` snapshots each rewriting (or punching, one
+/// time in eight) three random blocks.
+fn history(gens: u64) -> (tempfile::TempDir, Arc<Store>, InodeNo) {
+    let (dir, s) = new_store();
+    let v = s.main();
+    let ino = v
+        .mknod(InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap()
+        .ino;
+    for i in 0..BLOCKS - 20 {
+        v.write(ino, i * BS as u64, &block(i, 0)).unwrap();
+    }
+    s.snapshot_create(MAIN_BRANCH, "s0").unwrap();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for round in 1..=gens {
+        for _ in 0..3 {
+            let i = rng.below(BLOCKS);
+            if rng.below(8) == 0 {
+                let punch = FallocateMode {
+                    keep_size: true,
+                    punch_hole: true,
+                    zero_range: false,
+                };
+                v.fallocate(ino, i * BS as u64, BS as u64, punch).unwrap();
+            } else {
+                v.write(ino, i * BS as u64, &block(i, round)).unwrap();
+            }
+        }
+        s.snapshot_create(MAIN_BRANCH, &format!("s{round}"))
+            .unwrap();
+    }
+    (dir, s, ino)
+}
+
+#[test]
+fn walks_stay_bounded_over_hundreds_of_generations() {
+    let (dir, s, ino) = history(300);
+    let longest = check_walks(&s, ino, 0);
+    // Without checkpoints the first chunk alone would hold over 64 + 300 entries.
+    assert!(
+        longest > MAX_WALK,
+        "checkpoints were never needed: {longest}"
+    );
+    let s = reopen(&dir, s);
+    check_walks(&s, ino, 0);
+    let report = s.verify(&mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    s.close().unwrap();
+}
+
+#[test]
+fn rollback_and_clone_jump_over_the_other_branch() {
+    let (dir, s, ino) = history(120);
+    s.rollback(MAIN_BRANCH, "s0", true).unwrap();
+    s.clone_branch("s60", "side").unwrap();
+    let side = s.volume(VolumeKind::Branch("side".into())).unwrap();
+    side.write(ino, 5 * BS as u64, &block(5, 999)).unwrap();
+    s.main().write(ino, 7 * BS as u64, &block(7, 999)).unwrap();
+    s.sync().unwrap();
+    // A walk meets another branch's versions at most once per generation between it
+    // and its ancestors; here the two heads each jump over one run of them.
+    check_walks(&s, ino, 2);
+    let main = s.main().read(ino, 0, (BLOCKS * BS as u64) as u32).unwrap();
+    assert_eq!(&main[7 * BS as usize..8 * BS as usize], &block(7, 999)[..]);
+    assert_eq!(&main[..BS as usize], &block(0, 0)[..]);
+    drop(side);
+    let s = reopen(&dir, s);
+    check_walks(&s, ino, 2);
+    s.close().unwrap();
+}
+
+#[test]
+fn flattening_keeps_walks_exact_and_bounded() {
+    let (dir, s, ino) = history(200);
+    let mut rng = Rng(99);
+    for snap in s.snapshots() {
+        if rng.below(4) != 0 {
+            s.snapshot_delete(&snap.name, false).unwrap();
+        }
+    }
+    s.flatten(500, std::time::Duration::ZERO, &mut |_| true)
+        .unwrap();
+    assert!(!s.flatten_pending().unwrap());
+    check_walks(&s, ino, 0);
+    let report = s.verify(&mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let s = reopen(&dir, s);
+    check_walks(&s, ino, 0);
+    s.close().unwrap();
+}
+
+#[test]
+fn a_store_without_the_index_gets_it_at_open() {
+    let (dir, s, ino) = history(40);
+    let before = s.main().read(ino, 0, (BLOCKS * BS as u64) as u32).unwrap();
+    {
+        // Make it a store from before the index: no R, K, Q, no state key.
+        let st = s.lock();
+        let db = st.meta.db();
+        let tree = db.open_tree(crate::meta::TREE).unwrap();
+        for kind in [
+            crate::keys::READ,
+            crate::keys::CHECKPOINT,
+            crate::keys::CHECKPOINT_REF,
+        ] {
+            for item in tree.range(vec![kind]..vec![kind + 1]) {
+                tree.remove(item.unwrap().0).unwrap();
+            }
+        }
+        tree.remove(crate::keys::state("read_index")).unwrap();
+        tree.flush().unwrap();
+    }
+    let s = reopen(&dir, s);
+    assert_eq!(
+        s.main().read(ino, 0, (BLOCKS * BS as u64) as u32).unwrap(),
+        before
+    );
+    let report = s.verify(&mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    s.close().unwrap();
+}
