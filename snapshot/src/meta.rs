@@ -384,7 +384,6 @@ impl Meta {
     /// Makes the overlay durable as one atomic batch. On failure the overlay is kept.
     pub fn commit(&mut self) -> Result<()> {
         if !self.overlay.is_empty() {
-            self.bound_staged_walks()?;
             let mut batch = sled::Batch::default();
             for (k, v) in &self.overlay {
                 match v {

@@ -381,6 +381,16 @@ impl Store {
             keys::state(STATE_NEXT_GEN),
             st.next_gen.to_le_bytes().to_vec(),
         );
+        // The read index: checkpoints where this commit made a live head's walk long.
+        let gens = &st.gens;
+        let live = |g| {
+            gens.all
+                .get(&g)
+                .filter(|r| r.state == crate::generation::STATE_LIVE)
+                .and_then(|_| gens.view(g).ok())
+        };
+        // Nothing is written yet if it fails: the overlay stays for the next commit.
+        st.meta.bound_staged_walks(&live)?;
         if let Err(e) = st.meta.commit() {
             st.poisoned = Some(e.to_string());
             return Err(e);

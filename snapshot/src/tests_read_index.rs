@@ -123,18 +123,37 @@ fn rollback_and_clone_jump_over_the_other_branch() {
     s.rollback(MAIN_BRANCH, "s0", true).unwrap();
     s.clone_branch("s60", "side").unwrap();
     let side = s.volume(VolumeKind::Branch("side".into())).unwrap();
+    let main = s.main();
+    // Both branches write and snapshot in turns, so every commit holds both heads'
+    // versions; each head's walks must be bounded.
+    let mut rng = Rng(7);
+    for round in 0..80 {
+        for v in [&side, &main] {
+            let i = rng.below(BLOCKS);
+            v.write(ino, i * BS as u64, &block(i, 1000 + round))
+                .unwrap();
+        }
+        if round % 2 == 0 {
+            s.snapshot_create("side", &format!("side{round}")).unwrap();
+        } else {
+            s.snapshot_create(MAIN_BRANCH, &format!("main{round}"))
+                .unwrap();
+        }
+    }
     side.write(ino, 5 * BS as u64, &block(5, 999)).unwrap();
-    s.main().write(ino, 7 * BS as u64, &block(7, 999)).unwrap();
+    main.write(ino, 7 * BS as u64, &block(7, 999)).unwrap();
     s.sync().unwrap();
-    // A walk meets another branch's versions at most once per generation between it
-    // and its ancestors; here the two heads each jump over one run of them.
-    check_walks(&s, ino, 2);
+    drop(main);
+    // A walk jumps over another branch's versions once per run of them between its
+    // generation and its ancestors: here the branches alternate up to 80 times.
+    check_walks(&s, ino, 82);
     let main = s.main().read(ino, 0, (BLOCKS * BS as u64) as u32).unwrap();
     assert_eq!(&main[7 * BS as usize..8 * BS as usize], &block(7, 999)[..]);
-    assert_eq!(&main[..BS as usize], &block(0, 0)[..]);
     drop(side);
     let s = reopen(&dir, s);
-    check_walks(&s, ino, 2);
+    check_walks(&s, ino, 82);
+    let report = s.verify(&mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
     s.close().unwrap();
 }
 

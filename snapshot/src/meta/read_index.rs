@@ -409,10 +409,14 @@ impl Meta {
         Ok(())
     }
 
-    /// Before a commit: bounds the walks of the chunks the live generation changed.
-    pub(super) fn bound_staged_walks(&mut self) -> Result<()> {
-        let gen = self.view.gen;
-        let mut chunks: Vec<(InodeNo, u64)> = Vec::new();
+    /// Before a commit: bounds the walks of the chunks staged versions changed, in each
+    /// generation `live` gives a view of (the live heads: every branch's writes share the
+    /// one overlay). Flattening's copies into frozen heirs are left to `recheck_walks`.
+    pub(crate) fn bound_staged_walks(
+        &mut self,
+        live: &dyn Fn(GenerationId) -> Option<View>,
+    ) -> Result<()> {
+        let mut chunks = std::collections::BTreeSet::new();
         for k in self
             .overlay
             .range(vec![keys::READ]..vec![keys::READ + 1])
@@ -420,14 +424,22 @@ impl Meta {
         {
             if let Some((g, _)) = keys::split_rkey(k) {
                 let (ino, chunk) = keys::split_chunk(k);
-                if g == gen && chunks.last() != Some(&(ino, chunk)) {
-                    chunks.push((ino, chunk));
-                }
+                chunks.insert((g, ino, chunk));
             }
         }
-        let view = self.view.clone();
-        for (ino, chunk) in chunks {
-            self.bound_walk(ino, chunk, &view)?;
+        let mut views: Vec<(GenerationId, Option<View>)> = Vec::new();
+        for (g, ino, chunk) in chunks {
+            let view = match views.iter().find(|(v, _)| *v == g) {
+                Some((_, v)) => v.clone(),
+                None => {
+                    let v = live(g);
+                    views.push((g, v.clone()));
+                    v
+                }
+            };
+            if let Some(view) = view {
+                self.bound_walk(ino, chunk, &view)?;
+            }
         }
         Ok(())
     }
