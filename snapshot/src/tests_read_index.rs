@@ -203,6 +203,12 @@ fn a_store_without_the_index_gets_it_at_open() {
         s.main().read(ino, 0, (BLOCKS * BS as u64) as u32).unwrap(),
         before
     );
+    // The next flatten run checkpoints the old history.
+    assert!(s.flatten_pending().unwrap());
+    s.flatten(64, std::time::Duration::ZERO, &mut |_| true)
+        .unwrap();
+    assert!(!s.flatten_pending().unwrap());
+    check_walks(&s, ino, 0);
     let report = s.verify(&mut |_, _| {}).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     s.close().unwrap();

@@ -57,6 +57,19 @@ fn bad_key(k: &[u8]) -> Error {
     }
 }
 
+/// Stages a `Q` entry for each generation in `gens` of `chunk` (building the index).
+fn recheck_all(
+    batch: &mut sled::Batch,
+    chunk: Option<(InodeNo, u64)>,
+    gens: &mut std::collections::BTreeSet<GenerationId>,
+) {
+    if let Some((ino, c)) = chunk {
+        for g in std::mem::take(gens) {
+            batch.insert(keys::recheck(ino, c, g), IVec::default());
+        }
+    }
+}
+
 /// A walk of one chunk: per slot, `None` = not resolved, `Some(None)` = hole.
 pub(crate) struct Walk {
     pub slots: Vec<Option<Option<Vec<u8>>>>,
@@ -80,8 +93,10 @@ impl Meta {
     }
 
     /// Gives a store made before the read index existed its `R` twins (once, at open;
-    /// crash-safe: twins are idempotent and the state key is written last). Its walks
-    /// are bounded as the chunks are written again.
+    /// crash-safe: twins are idempotent and the state key is written last), and a `Q`
+    /// entry for every generation of every chunk with versions, so the next flatten run
+    /// checkpoints the old history where walks are long (oldest first: `Q` keys sort by
+    /// generation inside a chunk).
     pub(super) fn build_read_index(&mut self) -> Result<()> {
         let done = keys::state(BUILT_STATE);
         if self.tree.get(&done)?.is_some() {
@@ -90,24 +105,38 @@ impl Meta {
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
         let mut total = 0usize;
+        // The generations with versions in the chunk under way.
+        let mut chunk: Option<(InodeNo, u64)> = None;
+        let mut gens = std::collections::BTreeSet::new();
         for item in self.tree.range(vec![keys::BLOCK]..vec![keys::BLOCK + 1]) {
             let (k, v) = item?;
-            if let Some(twin) = keys::rtwin(&k) {
-                batch.insert(twin, v);
-                n += 1;
+            let Some(twin) = keys::rtwin(&k) else {
+                continue;
+            };
+            let here = keys::split_chunk(&twin);
+            if chunk != Some(here) {
+                recheck_all(&mut batch, chunk, &mut gens);
+                chunk = Some(here);
             }
-            if n == BUILD_BATCH {
+            gens.insert(keys::split_versioned(&k).1);
+            batch.insert(twin, v);
+            n += 1;
+            if n >= BUILD_BATCH {
                 self.tree.apply_batch(std::mem::take(&mut batch))?;
                 total += n;
                 n = 0;
             }
         }
+        recheck_all(&mut batch, chunk, &mut gens);
         batch.insert(done, IVec::default());
         self.tree.apply_batch(batch)?;
         total += n;
         self.flusher.flush()?;
         if total > 0 {
-            tracing::info!(twins = total, "read index built");
+            tracing::info!(
+                twins = total,
+                "read index built; the next flatten run checkpoints the old history"
+            );
         }
         Ok(())
     }
