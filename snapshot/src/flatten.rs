@@ -228,7 +228,11 @@ impl Store {
         let st = self.lock();
         Ok(st.meta.get_raw(&keys::state(FLATTEN_STATE))?.is_some()
             || !plan(&st.gens).is_empty()
-            || !st.meta.scan_raw(&[keys::RECHECK])?.is_empty())
+            || st
+                .meta
+                .committed_range(&[keys::RECHECK], Some(&[keys::RECHECK + 1]))
+                .next()
+                .is_some())
     }
 
     /// Flattens until no deleted generation is left to remove, in batches of about
@@ -421,39 +425,46 @@ impl Store {
     }
 
     /// After a pass: bounds again the read-index walks of the heirs whose chunks lost a
-    /// checkpoint (`Q` keys), up to `budget` of them per batch. `None`: none left.
+    /// checkpoint (`Q` keys), about `budget / 64` of them per batch (a walk reads up to
+    /// a chunk's worth of entries). `None`: none left. Runs after a commit, so the
+    /// pending entries are all in sled; only the batch's share of them is read.
     fn recheck_walks(&self, st: &mut State, budget: usize) -> Result<Option<Step>> {
-        let pending = st.meta.scan_raw(&[keys::RECHECK])?;
+        let per_batch = budget.div_ceil(keys::CHUNK_BLOCKS as usize);
+        let pending: Vec<Vec<u8>> = st
+            .meta
+            .committed_range(&[keys::RECHECK], Some(&[keys::RECHECK + 1]))
+            .take(per_batch + 1)
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<Result<_>>()?;
         if pending.is_empty() {
             return Ok(None);
         }
+        let more = pending.len() > per_batch;
         let mut views: HashMap<GenerationId, View> = HashMap::new();
         let mut done = 0u64;
-        for (k, _) in pending
-            .iter()
-            .take(budget.div_ceil(keys::CHUNK_BLOCKS as usize))
-        {
-            let (ino, chunk, gen) = keys::split_recheck(k).ok_or_else(|| Error::BadRecord {
+        for k in pending.into_iter().take(per_batch) {
+            let (ino, chunk, gen) = keys::split_recheck(&k).ok_or_else(|| Error::BadRecord {
                 key: format!("{k:?}"),
                 detail: "bad recheck key".into(),
             })?;
             if st.gens.all.contains_key(&gen) {
-                let view = match views.get(&gen) {
-                    Some(v) => v.clone(),
-                    None => views.entry(gen).or_insert(st.gens.view(gen)?).clone(),
+                let view = match views.entry(gen) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(st.gens.view(gen)?),
                 };
-                st.meta.bound_walk(ino, chunk, &view)?;
+                st.meta.bound_walk(ino, chunk, view)?;
             }
-            st.meta.remove_raw(k.clone());
+            st.meta.remove_raw(k);
             done += 1;
         }
         self.commit_locked(st)?;
+        // The total left is not counted (that would read every entry per batch).
         Ok(Some(Step {
             batch: Batch::default(),
             removed: 0,
             progress: FlattenProgress {
                 done,
-                total: pending.len() as u64,
+                total: done + u64::from(more),
                 generations: 0,
             },
         }))

@@ -204,14 +204,10 @@ pub fn pchunk(ino: InodeNo, chunk: u64) -> Vec<u8> {
     chunk_prefix(CHECKPOINT, ino, chunk)
 }
 
-/// The checkpoints of one chunk from generation `gen` down.
-pub fn pchunk_at(ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
-    chunk_at(CHECKPOINT, ino, chunk, gen)
-}
-
-/// The checkpoint of `chunk` stored under `gen`.
+/// The checkpoint of `chunk` stored under `gen`; also where a search for the newest
+/// checkpoint at or below `gen` starts.
 pub fn rcheckpoint(ino: InodeNo, chunk: u64, gen: GenerationId) -> Vec<u8> {
-    pchunk_at(ino, chunk, gen)
+    chunk_at(CHECKPOINT, ino, chunk, gen)
 }
 
 /// (ino, chunk) of an `R` or `P` key.
@@ -332,7 +328,7 @@ mod tests {
         assert!(rchunk_at(InodeNo(5), 1, GenerationId(3)) <= twin(64, 3));
         let cp = rcheckpoint(InodeNo(5), 1, GenerationId(3));
         assert_eq!(split_pkey(&cp), Some(GenerationId(3)));
-        assert!(pchunk_at(InodeNo(5), 1, GenerationId(4)) < cp);
+        assert!(rcheckpoint(InodeNo(5), 1, GenerationId(4)) < cp);
         assert_eq!(split_chunk(&cp), (InodeNo(5), 1));
         assert_eq!(rtwin(&block(InodeNo(5), 70)), None);
         let r = recheck(InodeNo(5), 1, GenerationId(3));

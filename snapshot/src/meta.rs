@@ -157,10 +157,6 @@ impl Meta {
         &self.view
     }
 
-    fn visible(&self, gen: GenerationId) -> bool {
-        self.view.sees(gen)
-    }
-
     pub fn is_dirty(&self) -> bool {
         !self.overlay.is_empty()
     }
@@ -298,87 +294,57 @@ impl Meta {
 
     /// Like `scan`, for bases in `[lo, hi)` (`hi = None`: to the end of the keyspace).
     pub fn scan_range(&self, lo: &[u8], hi: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let upper = match hi {
-            Some(h) => Bound::Excluded(h.to_vec()),
-            None => Bound::Unbounded,
-        };
-        let range = (Bound::Included(lo.to_vec()), upper);
-        if self
-            .overlay
-            .range::<Vec<u8>, _>(range.clone())
-            .next()
-            .is_none()
-        {
-            // Nothing staged in the range (every read of committed data): straight from
-            // sled, without copying the versions that lose.
-            let items = self
-                .tree
-                .range::<Vec<u8>, _>(range)
-                .map(|item| item.map_err(Error::from));
-            return self.select_visible(items);
-        }
-        self.select_visible(self.merged_range(lo, hi)?.into_iter().map(Ok))
-    }
-
-    /// Of raw (key, value) items in key order, the payload of the newest visible version
-    /// of each base, as (base, payload); tombstoned bases are left out.
-    fn select_visible<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-        &self,
-        items: impl Iterator<Item = Result<(K, V)>>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        // The current base and the value of its best visible version so far.
-        let mut cur: Option<(Vec<u8>, Option<V>)> = None;
-        let flush = |cur: &mut Option<(Vec<u8>, Option<V>)>, out: &mut Vec<_>| -> Result<()> {
-            if let Some((base, Some(v))) = cur.take() {
-                if let Some(p) = unwrap_envelope(&base, v.as_ref())? {
-                    out.push((base, p));
-                }
-            }
-            Ok(())
-        };
-        for item in items {
-            let (k, v) = item?;
-            let k = k.as_ref();
-            if k.len() < GEN_SUFFIX_LEN + 1 {
-                continue;
-            }
-            let (base, gen) = keys::split_versioned(k);
-            if cur.as_ref().map(|(b, _)| b.as_slice()) != Some(base) {
-                flush(&mut cur, &mut out)?;
-                cur = Some((base.to_vec(), None));
-            }
-            if self.visible(gen) {
-                // Versions come in ascending generation order; the highest visible one
-                // is the nearest (ids grow down every chain).
-                if let Some((_, best)) = cur.as_mut() {
-                    *best = Some(v);
-                }
-            }
-        }
-        flush(&mut cur, &mut out)?;
-        Ok(out)
+        select_visible(&self.view, self.merged_iter(lo, hi))
     }
 
     /// Raw keys in `[lo, hi)`, overlay merged over sled.
     fn merged_range(&self, lo: &[u8], hi: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.merged_iter(lo, hi)
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect()
+    }
+
+    /// Raw keys in `[lo, hi)` (`hi = None`: to the end), committed and staged, staged
+    /// ones winning, in key order, read lazily; straight from sled when nothing is
+    /// staged in the range (every read of committed data).
+    fn merged_iter(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_> {
         let upper = match hi {
             Some(h) => Bound::Excluded(h.to_vec()),
             None => Bound::Unbounded,
         };
         let range = (Bound::Included(lo.to_vec()), upper);
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for item in self.tree.range::<Vec<u8>, _>(range.clone()) {
-            let (k, v) = item?;
-            merged.insert(k.to_vec(), Some(v.to_vec()));
+        let sled = self
+            .tree
+            .range::<Vec<u8>, _>(range.clone())
+            .map(|i| i.map_err(Error::from));
+        let mut staged = self.overlay.range::<Vec<u8>, _>(range).peekable();
+        if staged.peek().is_none() {
+            return Box::new(sled);
         }
-        for (k, v) in self.overlay.range::<Vec<u8>, _>(range) {
-            merged.insert(k.clone(), v.clone());
-        }
-        Ok(merged
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect())
+        let mut sled = sled.peekable();
+        Box::new(std::iter::from_fn(move || loop {
+            let take_staged = match (staged.peek(), sled.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((sk, _)), Some(Ok((k, _)))) => sk.as_slice() <= k.as_ref(),
+                (_, Some(Err(_))) => false,
+            };
+            if !take_staged {
+                return sled.next();
+            }
+            let (k, v) = staged.next().unwrap();
+            if matches!(sled.peek(), Some(Ok((sk, _))) if sk.as_ref() == k.as_slice()) {
+                sled.next();
+            }
+            if let Some(v) = v {
+                return Some(Ok((k.as_slice().into(), v.as_slice().into())));
+            }
+        }))
     }
 
     /// Makes the overlay durable as one atomic batch. On failure the overlay is kept.
@@ -407,6 +373,46 @@ impl Meta {
     pub fn flusher(&self) -> Flusher {
         self.flusher.clone()
     }
+}
+
+/// Of raw (key, value) items in key order, the payload of the newest version `view`
+/// sees of each base, as (base, payload); tombstoned bases are left out.
+pub(crate) fn select_visible<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    view: &View,
+    items: impl Iterator<Item = Result<(K, V)>>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // The current base and the value of its best visible version so far.
+    let mut cur: Option<(Vec<u8>, Option<V>)> = None;
+    let flush = |cur: &mut Option<(Vec<u8>, Option<V>)>, out: &mut Vec<_>| -> Result<()> {
+        if let Some((base, Some(v))) = cur.take() {
+            if let Some(p) = unwrap_envelope(&base, v.as_ref())? {
+                out.push((base, p));
+            }
+        }
+        Ok(())
+    };
+    for item in items {
+        let (k, v) = item?;
+        let k = k.as_ref();
+        if k.len() < GEN_SUFFIX_LEN + 1 {
+            continue;
+        }
+        let (base, gen) = keys::split_versioned(k);
+        if cur.as_ref().map(|(b, _)| b.as_slice()) != Some(base) {
+            flush(&mut cur, &mut out)?;
+            cur = Some((base.to_vec(), None));
+        }
+        if view.sees(gen) {
+            // Versions come in ascending generation order; the highest visible one
+            // is the nearest (ids grow down every chain).
+            if let Some((_, best)) = cur.as_mut() {
+                *best = Some(v);
+            }
+        }
+    }
+    flush(&mut cur, &mut out)?;
+    Ok(out)
 }
 
 /// Measures the metadata database (`Meta::size_probe`).

@@ -27,11 +27,9 @@
 //! A flatten pass removes the checkpoints of the generations it removes in its first
 //! commit, and the heirs' walks are bounded again after it.)
 
-use std::ops::Bound;
-
 use sled::IVec;
 
-use super::{prefix_end, unwrap_envelope, Meta};
+use super::{prefix_end, select_visible, unwrap_envelope, Meta};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::generation::View;
@@ -141,40 +139,6 @@ impl Meta {
         Ok(())
     }
 
-    /// Committed and staged keys in `[lo, hi)`, staged ones winning, in key order.
-    fn merged_iter(
-        &self,
-        lo: Vec<u8>,
-        hi: Vec<u8>,
-    ) -> Box<dyn Iterator<Item = Result<(IVec, IVec)>> + '_> {
-        let range = (Bound::Included(lo.clone()), Bound::Excluded(hi.clone()));
-        let sled = self.tree.range(lo..hi).map(|i| i.map_err(Error::from));
-        let mut staged = self.overlay.range::<Vec<u8>, _>(range).peekable();
-        if staged.peek().is_none() {
-            return Box::new(sled);
-        }
-        let mut sled = sled.peekable();
-        Box::new(std::iter::from_fn(move || loop {
-            let take_staged = match (staged.peek(), sled.peek()) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((sk, _)), Some(Ok((k, _)))) => sk.as_slice() <= k.as_ref(),
-                (_, Some(Err(_))) => false,
-            };
-            if !take_staged {
-                return sled.next();
-            }
-            let (k, v) = staged.next().unwrap();
-            if matches!(sled.peek(), Some(Ok((sk, _))) if sk.as_ref() == k.as_slice()) {
-                sled.next();
-            }
-            if let Some(v) = v {
-                return Some(Ok((IVec::from(k.as_slice()), IVec::from(v.as_slice()))));
-            }
-        }))
-    }
-
     /// Walks `chunk` of `ino` as `view` sees it (`parent_only`: as the parent of
     /// `view.gen` sees it, skipping `view.gen`'s own versions) until slots `lo..=hi` are
     /// resolved, a checkpoint is met, or the chunk ends.
@@ -197,7 +161,7 @@ impl Meta {
         let mut from = Some(view.gen);
         while let Some(at) = from.take() {
             let first = self
-                .merged_iter(keys::pchunk_at(ino, chunk, at), end.clone())
+                .merged_iter(&keys::rcheckpoint(ino, chunk, at), Some(&end))
                 .next();
             if let Some(item) = first {
                 let (k, v) = item?;
@@ -215,7 +179,7 @@ impl Meta {
         let end = prefix_end(&keys::rchunk(ino, chunk)).expect("chunk prefix has an end");
         let mut from = Some(view.gen);
         'seek: while let Some(at) = from.take() {
-            for item in self.merged_iter(keys::rchunk_at(ino, chunk, at), end.clone()) {
+            for item in self.merged_iter(&keys::rchunk_at(ino, chunk, at), Some(&end)) {
                 let (k, v) = item?;
                 let (g, slot) = keys::split_rkey(&k).ok_or_else(|| bad_key(&k))?;
                 if floor.as_ref().is_some_and(|(f, _)| g < *f) {
@@ -277,29 +241,25 @@ impl Meta {
         let mut present = Vec::new();
         for (slot, s) in walk.slots.into_iter().enumerate() {
             if let Some(Some(p)) = s {
-                let id: [u8; 32] = p.as_slice().try_into().map_err(|_| Error::BadRecord {
-                    key: format!("block map of inode {} chunk {chunk}", ino.0),
-                    detail: format!("{} bytes, need 32", p.len()),
-                })?;
-                present.push((slot as u8, id));
+                present.push((slot as u8, codec::decode_block(&p)?.0));
             }
         }
         Ok(codec::encode_checkpoint(&present))
     }
 
     /// Stages a checkpoint under `view.gen` for `chunk` if a walk there is longer than
-    /// `MAX_WALK`. Returns whether it did.
-    pub(crate) fn bound_walk(&mut self, ino: InodeNo, chunk: u64, view: &View) -> Result<bool> {
+    /// `MAX_WALK`.
+    pub(crate) fn bound_walk(&mut self, ino: InodeNo, chunk: u64, view: &View) -> Result<()> {
         let last = CHUNK_BLOCKS as usize - 1;
         if self.walk_chunk(ino, chunk, view, (0, last), false)?.visited <= MAX_WALK {
-            return Ok(false);
+            return Ok(());
         }
         let cp = self.checkpoint_of(ino, chunk, view)?;
         self.overlay
             .insert(keys::rcheckpoint(ino, chunk, view.gen), Some(cp));
         self.overlay
             .insert(keys::checkpoint_ref(view.gen, ino, chunk), Some(Vec::new()));
-        Ok(true)
+        Ok(())
     }
 
     /// Checks the read index against the block map (`verify`): every `B` version has
@@ -394,26 +354,10 @@ impl Meta {
         let mut out = vec![None; CHUNK_BLOCKS as usize];
         let lo = keys::block(ino, chunk * CHUNK_BLOCKS);
         let hi = keys::block(ino, (chunk + 1) * CHUNK_BLOCKS);
-        // Versions ascend by generation: the last one the view sees wins.
-        let mut best: Option<(u64, IVec, IVec)> = None;
-        let mut take = |best: &mut Option<(u64, IVec, IVec)>| -> Result<()> {
-            if let Some((idx, k, v)) = best.take() {
-                out[(idx - chunk * CHUNK_BLOCKS) as usize] = unwrap_envelope(&k, &v)?;
-            }
-            Ok(())
-        };
-        for item in self.tree.range(lo..hi) {
-            let (k, v) = item?;
-            let (base, g) = keys::split_versioned(&k);
-            let idx = keys::block_index(base);
-            if best.as_ref().is_some_and(|(b, _, _)| *b != idx) {
-                take(&mut best)?;
-            }
-            if view.sees(g) {
-                best = Some((idx, k.clone(), v));
-            }
+        let items = self.tree.range(lo..hi).map(|i| i.map_err(Error::from));
+        for (base, payload) in select_visible(view, items)? {
+            out[(keys::block_index(&base) % CHUNK_BLOCKS) as usize] = Some(payload);
         }
-        take(&mut best)?;
         Ok(out)
     }
 
@@ -456,18 +400,15 @@ impl Meta {
                 chunks.insert((g, ino, chunk));
             }
         }
-        let mut views: Vec<(GenerationId, Option<View>)> = Vec::new();
+        // Sorted by generation first: one view per generation.
+        let mut view: Option<(GenerationId, Option<View>)> = None;
         for (g, ino, chunk) in chunks {
-            let view = match views.iter().find(|(v, _)| *v == g) {
-                Some((_, v)) => v.clone(),
-                None => {
-                    let v = live(g);
-                    views.push((g, v.clone()));
-                    v
-                }
-            };
-            if let Some(view) = view {
-                self.bound_walk(ino, chunk, &view)?;
+            if view.as_ref().map(|(v, _)| *v) != Some(g) {
+                view = Some((g, live(g)));
+            }
+            if let Some((_, Some(v))) = &view {
+                let v = v.clone();
+                self.bound_walk(ino, chunk, &v)?;
             }
         }
         Ok(())
