@@ -35,6 +35,7 @@ mod split_writes;
 mod store;
 mod types;
 mod verify;
+mod verify_blocks;
 mod volume;
 
 pub use attrs::XattrFlags;
@@ -67,3 +68,5 @@ mod tests_flatten;
 mod tests_generations;
 #[cfg(test)]
 mod tests_read_index;
+#[cfg(test)]
+mod tests_verify;

@@ -260,8 +260,16 @@ impl Meta {
     /// `prefix`: (base, generation, payload or None for a tombstone), in key order.
     pub fn all_versions(&self, prefix: &[u8]) -> Result<Vec<Version>> {
         let hi = prefix_end(prefix);
+        self.versions_range(prefix, hi.as_deref(), usize::MAX)
+    }
+
+    /// Like `all_versions`, for the raw keys in `[lo, hi)` (`hi = None`: to the end),
+    /// at most `max` of them: a pass in steps resumes after the last one returned, at
+    /// `keys::versioned(base, gen)` followed by a zero byte.
+    pub fn versions_range(&self, lo: &[u8], hi: Option<&[u8]>, max: usize) -> Result<Vec<Version>> {
         let mut out = Vec::new();
-        for (k, v) in self.merged_range(prefix, hi.as_deref())? {
+        for item in self.merged_iter(lo, hi).take(max) {
+            let (k, v) = item?;
             if k.len() < GEN_SUFFIX_LEN + 1 {
                 continue;
             }

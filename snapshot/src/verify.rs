@@ -1,10 +1,12 @@
 //! `strata verify` and `strata stats`: a full check of the store and its figures.
 //!
 //! verify checks every block in every pack against its id (the blockstore's scan), then
-//! every metadata reference as seen from the live generation: each entry names an
-//! existing inode of the same kind, each block record names a block that is stored and
-//! sound, link counts agree with the entries, every inode is reachable or a recorded
-//! orphan. Problems name the file (path), and for data the byte offset.
+//! every block record version once (`verify_blocks`: it names a block that is stored
+//! and sound, of an inode that exists), then every tree (each branch's live tree, each
+//! snapshot): each entry names an existing inode of the same kind, link counts agree
+//! with the entries, every inode is reachable or a recorded orphan, and the files that
+//! read a damaged or missing block are named. Problems name the tree and the file
+//! (path), and for data the byte offset.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -17,6 +19,7 @@ use crate::keys;
 use crate::store::{State, Store};
 use crate::types::GenerationId;
 use crate::types::{FileKind, InodeNo};
+use crate::verify_blocks::BlockVersions;
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
@@ -120,12 +123,21 @@ impl Store {
                 _ => None,
             })
             .collect();
+        let labels: HashMap<GenerationId, String> =
+            trees.iter().map(|(l, g)| (*g, l.clone())).collect();
+        let label = |g: GenerationId| match labels.get(&g) {
+            Some(l) => l.clone(),
+            None => format!("generation {}: ", g.0),
+        };
+        let tree_gens: HashSet<GenerationId> = labels.keys().copied().collect();
+        let versions = self.verify_block_versions(&bad, &tree_gens, &label)?;
+        r.problems.extend(versions.problems.iter().cloned());
         for (label, g) in trees {
             let mut st = self.lock();
             let Ok(view) = st.gens.view(g) else { continue }; // deleted meanwhile
             st.meta.set_view(&view);
             let mut problems = Vec::new();
-            r.inodes_checked += self.verify_tree(&st, &bad, &mut problems)?;
+            r.inodes_checked += self.verify_tree(&st, &versions, &mut problems)?;
             r.problems
                 .extend(problems.into_iter().map(|p| format!("{label}{p}")));
         }
@@ -153,7 +165,7 @@ impl Store {
     fn verify_tree(
         &self,
         st: &State,
-        bad: &HashSet<strata_blockstore::BlockId>,
+        versions: &BlockVersions,
         problems: &mut Vec<String>,
     ) -> Result<u64> {
         let r = Problems { problems };
@@ -254,33 +266,25 @@ impl Store {
                 ));
             }
         }
-        for (base, v) in st.meta.scan(&[keys::BLOCK])? {
-            let ino = keys::key_ino(&base);
-            let off = keys::block_index(&base) * bs;
+        // The block map itself was checked once per version (`verify_blocks`): name the
+        // files of this tree that read a damaged or missing block.
+        for suspect in &versions.suspects {
             let name = paths
-                .get(&ino)
+                .get(&suspect.ino)
                 .cloned()
-                .unwrap_or_else(|| format!("inode {}", ino.0));
-            if !inodes.contains_key(&ino) {
-                r.problems.push(format!(
-                    "{name}: block record at offset {off} for a missing inode"
-                ));
+                .unwrap_or_else(|| format!("inode {}", suspect.ino.0));
+            r.problems.extend(suspect.report_in(st, &name, bs)?);
+        }
+        for (ino, last) in &versions.unsettled {
+            if inodes.contains_key(ino) {
                 continue;
             }
-            match codec::decode_block(&v) {
-                Ok(id) if bad.contains(&id) => r.problems.push(format!(
-                    "{name}: data at offset {off} is damaged (block {id})"
-                )),
-                Ok(id) => {
-                    if !self.blocks.contains(&id)? {
-                        r.problems.push(format!(
-                            "{name}: data at offset {off} names block {id}, which is not stored"
-                        ));
-                    }
-                }
-                Err(e) => r
-                    .problems
-                    .push(format!("{name}: block record at offset {off}: {e}")),
+            if let Some((idx, _)) = st.meta.block_map(*ino, 0, *last)?.first() {
+                r.problems.push(format!(
+                    "inode {}: block record at offset {} for a missing inode",
+                    ino.0,
+                    idx * bs
+                ));
             }
         }
         for (base, _) in st.meta.scan(&[keys::XATTR])? {
