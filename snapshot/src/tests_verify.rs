@@ -153,3 +153,50 @@ fn an_inode_deleted_without_its_blocks_is_found() {
     s.snapshot_delete("with-f", false).unwrap();
     assert!(problems(&s).is_empty(), "{:#?}", problems(&s));
 }
+
+#[test]
+fn the_read_index_check_finds_a_wrong_twin_and_an_unlisted_checkpoint_across_steps() {
+    use crate::keys::{self, CHUNK_BLOCKS};
+    let (_dir, s) = new_store();
+    let live = s.main();
+    let f = file(&live, "f", 3 * CHUNK_BLOCKS, 1);
+    s.sync().unwrap();
+    // Rewrites in every chunk and snapshots: enough entries for checkpoints (unit tests
+    // bound walks at a few entries) and for many steps of the check (a few records each).
+    for round in 0..6u64 {
+        for chunk in 0..3 {
+            let idx = chunk * CHUNK_BLOCKS + (round * 7) % CHUNK_BLOCKS;
+            live.write(f, idx * BS as u64, &vec![round as u8 + 9; BS as usize])
+                .unwrap();
+        }
+        s.sync().unwrap();
+        s.snapshot_create(MAIN_BRANCH, &format!("s{round}"))
+            .unwrap();
+    }
+    assert!(problems(&s).is_empty(), "{:#?}", problems(&s));
+    let first = |lo: Vec<u8>, hi: Vec<u8>| {
+        let st = s.lock();
+        let found = st.meta.committed_range(&lo, Some(&hi)).next();
+        found.expect("an entry").unwrap().0
+    };
+    let twin = first(keys::rchunk(f, 1), keys::rchunk(f, 2));
+    // The same envelope, another block id.
+    let mut other = s.lock().meta.get_raw(&twin).unwrap().unwrap();
+    *other.last_mut().unwrap() ^= 0xff;
+    let listing = first(vec![keys::CHECKPOINT_REF], vec![keys::CHECKPOINT_REF + 1]);
+    {
+        let mut st = live.lock();
+        st.meta.put_raw(twin.clone(), other);
+        st.meta.remove_raw(listing);
+        s.commit_locked(&mut st).unwrap();
+    }
+    let p = problems(&s);
+    let slot = u64::from(twin[25]);
+    let wrong = format!(
+        "read index: inode {} block {} differs from the block map",
+        f.0,
+        CHUNK_BLOCKS + slot
+    );
+    assert!(p.contains(&wrong), "{p:#?}");
+    assert!(p.iter().any(|l| l.ends_with("is not listed")), "{p:#?}");
+}

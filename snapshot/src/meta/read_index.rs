@@ -36,6 +36,9 @@ use crate::generation::View;
 use crate::keys::{self, CHUNK_BLOCKS};
 use crate::types::{GenerationId, InodeNo};
 
+/// (inode, chunk): where a step of the read-index check starts.
+pub(crate) type ChunkAt = (InodeNo, u64);
+
 /// State key present once the read index holds a twin of every `B` version.
 const BUILT_STATE: &str = "read_index";
 /// Twins written per sled batch when building the index of an older store.
@@ -262,23 +265,51 @@ impl Meta {
         Ok(())
     }
 
-    /// Checks the read index against the block map (`verify`): every `B` version has
-    /// its `R` twin with the same value and every twin its `B` version; every checkpoint
-    /// equals the chunk as its generation's parent sees it. `views` gives the view of a
-    /// generation (None: it no longer exists). Returns one line per problem.
-    pub(crate) fn check_read_index(
+    /// Checks the read index against the committed block map (`verify`), for the chunks
+    /// from `from` (inode, chunk) on, about `max` block records' worth: every `B`
+    /// version has its `R` twin with the same value and every twin its `B` version;
+    /// every checkpoint is listed under its generation (`K`) and equals the chunk as its
+    /// generation's parent sees it. `views` gives the view of a generation (None: it no
+    /// longer exists). Returns one line per problem and where the next step starts
+    /// (None: done). Steps cover whole chunks, so each compares both sides entirely.
+    pub(crate) fn check_read_index_step(
         &self,
+        from: (InodeNo, u64),
+        max: usize,
         views: &mut dyn FnMut(GenerationId) -> Option<View>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Option<ChunkAt>)> {
+        let block_at = |(ino, chunk): (InodeNo, u64)| keys::block(ino, chunk * CHUNK_BLOCKS);
+        // The block records of the step: `max` of them, then the rest of the last chunk.
+        let mut blocks = Vec::new();
+        let mut next = None;
+        for item in self.tree.range(block_at(from)..vec![keys::BLOCK + 1]) {
+            let (k, v) = item?;
+            if blocks.len() >= max {
+                let (ino, idx) = (keys::key_ino(&k), keys::block_index(&k));
+                let (last_ino, last_idx) = blocks
+                    .last()
+                    .map(|(k, _): &(IVec, IVec)| (keys::key_ino(k), keys::block_index(k)))
+                    .unwrap_or((ino, idx));
+                if (ino, idx / CHUNK_BLOCKS) != (last_ino, last_idx / CHUNK_BLOCKS) {
+                    next = Some((ino, idx / CHUNK_BLOCKS));
+                    break;
+                }
+            }
+            blocks.push((k, v));
+        }
+        let upto = |kind: u8, at: fn(InodeNo, u64) -> Vec<u8>| match next {
+            Some((ino, chunk)) => at(ino, chunk),
+            None => vec![kind + 1],
+        };
         let mut problems = Vec::new();
         let mut twins = std::collections::HashMap::new();
-        for item in self.tree.range(vec![keys::BLOCK]..vec![keys::BLOCK + 1]) {
-            let (k, v) = item?;
+        for (k, v) in blocks {
             if let Some(t) = keys::rtwin(&k) {
                 twins.insert(t, v);
             }
         }
-        for item in self.tree.range(vec![keys::READ]..vec![keys::READ + 1]) {
+        let r_end = upto(keys::READ, keys::rchunk);
+        for item in self.tree.range(keys::rchunk(from.0, from.1)..r_end) {
             let (k, v) = item?;
             let (ino, chunk) = keys::split_chunk(&k);
             match keys::split_rkey(&k) {
@@ -299,49 +330,73 @@ impl Meta {
         }
         // Every checkpoint is listed under its generation (flattening finds it there),
         // and a walk at its generation reads the chunk as the `B` records say.
-        let mut refs = std::collections::HashSet::new();
-        for item in self
-            .tree
-            .range(vec![keys::CHECKPOINT_REF]..vec![keys::CHECKPOINT_REF + 1])
-        {
-            refs.insert(item?.0);
-        }
-        for item in self
-            .tree
-            .range(vec![keys::CHECKPOINT]..vec![keys::CHECKPOINT + 1])
-        {
+        let p_end = upto(keys::CHECKPOINT, keys::pchunk);
+        for item in self.tree.range(keys::pchunk(from.0, from.1)..p_end) {
             let (k, _) = item?;
             let (ino, chunk) = keys::split_chunk(&k);
             let Some(g) = keys::split_pkey(&k) else {
                 problems.push(format!("read index: bad key {:?}", k.as_ref()));
                 continue;
             };
-            if !refs.remove(keys::checkpoint_ref(g, ino, chunk).as_slice()) {
+            if !self
+                .tree
+                .contains_key(keys::checkpoint_ref(g, ino, chunk))?
+            {
                 problems.push(format!("read index: checkpoint {k:?} is not listed"));
             }
-            let ok = match views(g) {
-                Some(view) => {
-                    let last = CHUNK_BLOCKS as usize - 1;
-                    let walk = self.walk_chunk(ino, chunk, &view, (0, last), false)?;
-                    let walked: Vec<Option<Vec<u8>>> =
-                        walk.slots.into_iter().map(Option::flatten).collect();
-                    walked == self.chunk_from_block_map(ino, chunk, &view)?
-                }
-                None => false,
+            let last = CHUNK_BLOCKS as usize - 1;
+            let read = views(g).map(|view| -> Result<bool> {
+                let walk = self.walk_chunk(ino, chunk, &view, (0, last), false)?;
+                let walked: Vec<Option<Vec<u8>>> =
+                    walk.slots.into_iter().map(Option::flatten).collect();
+                Ok(walked == self.chunk_from_block_map(ino, chunk, &view)?)
+            });
+            let wrong = match read {
+                Some(Ok(true)) => continue,
+                Some(Ok(false)) | None => "read wrong".to_string(),
+                Some(Err(e)) => format!("cannot be read ({e})"),
             };
-            if !ok {
-                problems.push(format!(
-                    "read index: inode {} blocks {}.. read wrong at generation {} (checkpoint)",
-                    ino.0,
-                    chunk * CHUNK_BLOCKS,
-                    g.0
-                ));
+            problems.push(format!(
+                "read index: inode {} blocks {}.. {wrong} at generation {} (checkpoint)",
+                ino.0,
+                chunk * CHUNK_BLOCKS,
+                g.0
+            ));
+        }
+        Ok((problems, next))
+    }
+
+    /// The other half of the listing check, for about `max` `K` entries from `from`
+    /// (a raw key; start at `[K]`): each names a stored checkpoint. Returns the problems
+    /// and where the next step starts (None: done).
+    pub(crate) fn check_checkpoint_refs_step(
+        &self,
+        from: &[u8],
+        max: usize,
+    ) -> Result<(Vec<String>, Option<Vec<u8>>)> {
+        let mut problems = Vec::new();
+        let mut last = None;
+        let end = vec![keys::CHECKPOINT_REF + 1];
+        for item in self.tree.range(from.to_vec()..end).take(max) {
+            let (k, _) = item?;
+            let listed = keys::split_checkpoint_ref(&k).map(|(ino, chunk)| {
+                let g = GenerationId(u64::from_be_bytes(k[1..9].try_into().unwrap()));
+                keys::rcheckpoint(ino, chunk, g)
+            });
+            match listed {
+                Some(p) if self.tree.contains_key(&p)? => {}
+                _ => problems.push(format!("read index: listed checkpoint {k:?} is missing")),
             }
+            last = Some(k);
         }
-        for r in refs {
-            problems.push(format!("read index: listed checkpoint {r:?} is missing"));
-        }
-        Ok(problems)
+        Ok((
+            problems,
+            last.map(|k| {
+                let mut k = k.to_vec();
+                k.push(0);
+                k
+            }),
+        ))
     }
 
     /// A chunk as `view` sees it, from the committed `B` records alone.
