@@ -29,7 +29,8 @@ snapshot's file run at least 0.9x as fast as after 1 generation.
    records the CPU time the daemon spent meanwhile (utime + stime of its /proc stat):
    the metadata work per read, which this disk's drift does not blur.
 4. How long building generations 2..N took (rewrites, fsyncs and snapshot creates), and
-   the snapshot-create latency over them.
+   the snapshot-create latency over them; then how long `strata verify STORE` takes
+   (unmounted: every pack scrubbed, every record version and every tree checked).
 5. With BENCH_GEN_REMOUNT on: `strata gc STORE` (nothing to free; it compacts meta/ when
    sled's file is much larger than what it holds) and the four reads again; then
    `strata defrag STORE` (the live file laid out in file order again) and `strata gc
@@ -310,6 +311,14 @@ def main():
         build_s = time.perf_counter() - t
         last = b.measure(baseline) if COUNT > 1 else first
         compacted = defragged = None
+        # `strata verify` of the whole store (every pack scrubbed, every record version
+        # and every tree checked), unmounted; it does not change the store.
+        umount(b.mnt)
+        t = time.perf_counter()
+        run("verify", b.store)
+        verify_s = time.perf_counter() - t
+        log(f"verify after {COUNT} generations: {verify_s:.1f} s")
+        mount(b.store, b.mnt)
         if COUNT > 1 and REMOUNT:
             # `strata gc` with nothing to free still measures meta/ against what it holds
             # and compacts it (unmounted); the same reads again.
@@ -350,6 +359,7 @@ def main():
             "strata_init_args": E.get("STRATA_INIT_ARGS", ""),
             "write_seconds": round(write_s, 2),
             "build_seconds": round(build_s, 2),
+            "verify_seconds": round(verify_s, 2),
             "snapshot_create_ms": (
                 {"p50": pct(creates, 0.5), "p99": pct(creates, 0.99), "max": max(creates)} if creates else None
             ),

@@ -248,6 +248,7 @@ if os.path.exists(gen_path):
             if created
             else ""
         )
+        + (f"; `strata verify` (unmounted) after {n}: {gens['verify_seconds']:,.1f} s" if "verify_seconds" in gens else "")
         + f"; store after 1 generation: packs {s1['packs_bytes'] / mib:,.1f} MiB, meta/ {s1['meta_bytes'] / mib:,.1f} MiB; "
         f"after {n}: packs {sn['packs_bytes'] / mib:,.1f} MiB, meta/ {sn['meta_bytes'] / mib:,.1f} MiB.",
     ]

@@ -23,6 +23,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::NotSupported(_) => libc::EOPNOTSUPP,
         Error::FileTooBig => libc::EFBIG,
         Error::TooManyLinks => libc::EMLINK,
+        Error::Stale => libc::ESTALE,
         Error::Block(_) | Error::Io { .. } if e.is_disk_full() => libc::ENOSPC,
         Error::Block(_) => libc::EIO,
         Error::Io { source, .. } => match source.raw_os_error() {

@@ -297,23 +297,19 @@ impl Views {
         Ok(a)
     }
 
-    /// Drops the cached volumes of generations that are no longer snapshots; returns
-    /// those generations.
+    /// Drops the cached volumes of generations that are no longer snapshots, but those
+    /// with files still open (they read on until closed; nothing new opens there);
+    /// returns the generations dropped or deleted.
     pub fn prune(&self) -> HashSet<GenerationId> {
-        let live: HashSet<u64> = self
-            .root
-            .store()
-            .snapshots()
-            .iter()
-            .map(|s| s.generation)
-            .collect();
+        let store = self.root.store();
+        let live: HashSet<u64> = store.snapshots().iter().map(|s| s.generation).collect();
         let mut snaps = self.snaps.write().unwrap();
-        let gone: HashSet<GenerationId> = snaps
+        let deleted: HashSet<GenerationId> = snaps
             .keys()
             .filter(|g| !live.contains(&g.0))
             .copied()
             .collect();
-        snaps.retain(|g, _| !gone.contains(g));
-        gone
+        snaps.retain(|g, _| !deleted.contains(g) || store.has_open_files(*g));
+        deleted
     }
 }

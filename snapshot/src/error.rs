@@ -69,6 +69,8 @@ pub enum Error {
     FileTooBig,
     #[error("too many links")]
     TooManyLinks,
+    #[error("the snapshot was deleted")]
+    Stale,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -139,8 +139,16 @@ impl Pass {
     }
 }
 
-/// The generations a new pass would remove, each with its heir.
-fn plan(gens: &Generations) -> BTreeMap<GenerationId, Option<GenerationId>> {
+/// The generations a new pass would remove, each with its heir. A deleted generation
+/// with files still open (`busy`: a snapshot deleted while something reads it) counts as
+/// kept until they are closed, so those reads go on seeing exactly what it held.
+fn plan(
+    gens: &Generations,
+    busy: &HashMap<GenerationId, u64>,
+) -> BTreeMap<GenerationId, Option<GenerationId>> {
+    let deleted = |g: &GenerationId, r: &crate::generation::GenerationRecord| {
+        r.state == STATE_DELETED && !busy.contains_key(g)
+    };
     let mut children: HashMap<GenerationId, Vec<GenerationId>> = HashMap::new();
     for (g, r) in &gens.all {
         if let Some(p) = r.parent {
@@ -154,7 +162,7 @@ fn plan(gens: &Generations) -> BTreeMap<GenerationId, Option<GenerationId>> {
         let any_child = children
             .get(g)
             .is_some_and(|cs| cs.iter().any(|c| alive[c]));
-        alive.insert(*g, r.state != STATE_DELETED || any_child);
+        alive.insert(*g, !deleted(g, r) || any_child);
     }
     let alive_children = |g: &GenerationId| -> Vec<GenerationId> {
         children
@@ -165,7 +173,7 @@ fn plan(gens: &Generations) -> BTreeMap<GenerationId, Option<GenerationId>> {
     let removable: BTreeSet<GenerationId> = gens
         .all
         .iter()
-        .filter(|(g, r)| r.state == STATE_DELETED && alive_children(g).len() <= 1)
+        .filter(|(g, r)| deleted(g, r) && alive_children(g).len() <= 1)
         .map(|(g, _)| *g)
         .collect();
     removable
@@ -227,7 +235,7 @@ impl Store {
     pub fn flatten_pending(&self) -> Result<bool> {
         let st = self.lock();
         Ok(st.meta.get_raw(&keys::state(FLATTEN_STATE))?.is_some()
-            || !plan(&st.gens).is_empty()
+            || !plan(&st.gens, &st.frozen_open).is_empty()
             || st
                 .meta
                 .committed_range(&[keys::RECHECK], Some(&[keys::RECHECK + 1]))
@@ -316,7 +324,7 @@ impl Store {
                 if let Some(step) = self.recheck_walks(st, budget)? {
                     return Ok(Some(step));
                 }
-                let heirs = plan(&st.gens);
+                let heirs = plan(&st.gens, &st.frozen_open);
                 if heirs.is_empty() {
                     return Ok(None);
                 }
@@ -663,7 +671,7 @@ mod tests {
             (7, D, Some(2)),
             (8, STATE_LIVE, Some(7)),
         ]);
-        let p = plan(&g);
+        let p = plan(&g, &HashMap::new());
         let want: BTreeMap<_, _> = [(1, Some(2)), (4, None), (5, Some(6)), (7, Some(8))]
             .into_iter()
             .map(|(r, h): (u64, Option<u64>)| (GenerationId(r), h.map(GenerationId)))

@@ -19,6 +19,7 @@ impl Volume {
             return Err(Error::NameTooLong);
         }
         let st = self.lock();
+        self.check_alive(&st)?;
         st.load_dir(parent)?;
         let (ino, _) = st.lookup_entry(parent, name)?.ok_or(Error::NotFound)?;
         let rec = st.load_inode(ino)?;
@@ -374,6 +375,7 @@ impl Volume {
     /// The entries of a directory (without `.` and `..`), in name order.
     pub fn readdir(&self, dir: InodeNo) -> Result<Vec<DirEntry>> {
         let st = self.lock();
+        self.check_alive(&st)?;
         st.load_dir(dir)?;
         st.meta
             .scan(&keys::dir_prefix(dir))?
@@ -399,17 +401,32 @@ impl Volume {
     /// reference goes).
     pub fn open_file(&self, ino: InodeNo) -> Result<Attr> {
         let mut st = self.lock();
+        self.check_alive(&st)?;
         let rec = st.load_inode(ino)?;
         if !self.is_read_only() {
             let k = (st.cur(), ino);
             *st.open.entry(k).or_insert(0) += 1;
             *st.handles.entry(k).or_insert(0) += 1;
+        } else {
+            let g = st.cur();
+            *st.frozen_open.entry(g).or_insert(0) += 1;
         }
         Ok(self.attr_of(ino, &rec))
     }
 
     pub fn release_file(&self, ino: InodeNo) -> Result<()> {
         if self.is_read_only() {
+            let mut st = self.lock();
+            let g = st.cur();
+            if let Some(n) = st.frozen_open.get_mut(&g) {
+                *n -= 1;
+                if *n == 0 {
+                    st.frozen_open.remove(&g);
+                    if self.check_alive(&st).is_err() {
+                        self.want_flatten();
+                    }
+                }
+            }
             return Ok(());
         }
         {

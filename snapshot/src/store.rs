@@ -63,6 +63,9 @@ pub(crate) struct State {
     pub open: HashMap<(GenerationId, InodeNo), u64>,
     /// Open file handles per inode of a live generation (rollback refuses while any).
     pub handles: HashMap<(GenerationId, InodeNo), u64>,
+    /// Open file handles per snapshot generation: flattening leaves a deleted one alone
+    /// while any is open, so they go on reading exactly what the snapshot held.
+    pub frozen_open: HashMap<GenerationId, u64>,
     pub next_ino: u64,
     pub next_gen: u64,
     /// Set after a failed commit: later writes are refused (never pretend after a failed
@@ -99,6 +102,9 @@ pub struct Store {
     background: Mutex<Option<JoinHandle<()>>>,
     wake: Condvar,
     stop: AtomicBool,
+    /// Set when the last open file of a deleted snapshot closed: flattening can take its
+    /// generation now (`take_flatten_wanted`).
+    flatten_wanted: AtomicBool,
     _lock: StoreLock,
 }
 
@@ -252,6 +258,7 @@ impl Store {
                 dirty_bytes: 0,
                 open: HashMap::new(),
                 handles: HashMap::new(),
+                frozen_open: HashMap::new(),
                 next_ino,
                 next_gen,
                 poisoned: None,
@@ -268,11 +275,28 @@ impl Store {
             background: Mutex::new(None),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            flatten_wanted: AtomicBool::new(false),
             _lock: lock,
         });
         store.lock().refresh_heads()?;
         store.remove_orphans()?;
         Ok(store)
+    }
+
+    /// Whether a deleted snapshot's generation became free to flatten (its last open
+    /// file closed) since the last call.
+    pub fn take_flatten_wanted(&self) -> bool {
+        self.flatten_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether files of snapshot generation `g` are open (a deleted snapshot then stays
+    /// readable through them until they close).
+    pub fn has_open_files(&self, g: GenerationId) -> bool {
+        self.lock().frozen_open.contains_key(&g)
+    }
+
+    pub(crate) fn want_flatten(&self) {
+        self.flatten_wanted.store(true, Ordering::Release);
     }
 
     pub fn path(&self) -> &Path {

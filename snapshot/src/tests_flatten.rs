@@ -357,3 +357,55 @@ fn deleting_every_snapshot_leaves_one_generation_per_branch() {
     assert_eq!(contents(&s.main()), live);
     s.close().unwrap();
 }
+
+#[test]
+fn a_deleted_snapshot_with_an_open_file_is_flattened_only_once_it_is_closed() {
+    let (_dir, s) = new_store();
+    let main = s.main();
+    let ctx = Ctx { uid: 0, gid: 0 };
+    let f = main
+        .mknod(InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)
+        .unwrap()
+        .ino;
+    let data = |b: u8| vec![b; 3 * crate::tests::BS as usize];
+    let len = data(0).len() as u32;
+    for (round, name) in [(1u8, "s1"), (2, "s2")] {
+        main.write(f, 0, &data(round)).unwrap();
+        s.snapshot_create(MAIN_BRANCH, name).unwrap();
+    }
+    main.write(f, 0, &data(3)).unwrap();
+    s.sync().unwrap();
+    let snap = s
+        .volume(VolumeKind::Snapshot(s.snapshot_gen("s2").unwrap()))
+        .unwrap();
+    snap.open_file(f).unwrap();
+    s.snapshot_delete("s2", false).unwrap();
+    // Nothing new is opened or looked up in the deleted snapshot.
+    assert!(matches!(snap.open_file(f), Err(Error::Stale)));
+    assert!(matches!(
+        snap.lookup(InodeNo::ROOT, b"f"),
+        Err(Error::Stale)
+    ));
+    // While the file is open its generation is left alone: it reads what s2 held (the
+    // live tree rewrote every block, so a fold would have dropped them).
+    assert!(!s.flatten_pending().unwrap());
+    let r = s.flatten(1000, Duration::ZERO, &mut |_| true).unwrap();
+    assert_eq!(r.generations_removed, 0);
+    assert_eq!(snap.read(f, 0, len).unwrap(), data(2));
+    assert!(!s.take_flatten_wanted());
+    // Closed: the daemon is told, and the next run removes it.
+    snap.release_file(f).unwrap();
+    assert!(s.take_flatten_wanted());
+    assert!(s.flatten_pending().unwrap());
+    let before = generation_count(&s);
+    let r = s.flatten(1000, Duration::ZERO, &mut |_| true).unwrap();
+    assert_eq!(r.generations_removed, 1);
+    assert_eq!(generation_count(&s), before - 1);
+    let s1 = s
+        .volume(VolumeKind::Snapshot(s.snapshot_gen("s1").unwrap()))
+        .unwrap();
+    assert_eq!(s1.read(f, 0, len).unwrap(), data(1));
+    assert_eq!(main.read(f, 0, len).unwrap(), data(3));
+    let report = s.verify(&mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -65,6 +65,23 @@ impl Volume {
         st
     }
 
+    /// For a snapshot volume whose snapshot was deleted: `Stale` (flattening may be
+    /// folding its generation away; only files opened before the deletion read on).
+    pub(crate) fn check_alive(&self, st: &State) -> Result<()> {
+        match &self.frozen {
+            Some(v)
+                if st
+                    .gens
+                    .all
+                    .get(&v.gen)
+                    .is_none_or(|r| r.state != crate::generation::STATE_FROZEN) =>
+            {
+                Err(Error::Stale)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Points `st` at this volume.
     pub(crate) fn enter(&self, st: &mut State) {
         match (&self.frozen, &self.kind) {

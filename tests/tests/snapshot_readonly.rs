@@ -3,12 +3,19 @@
 //! (chmod, chown, link, mkdir, mkfifo, mknod, open for writing/creating/truncating,
 //! rename, rmdir, symlink, truncate, unlink, utimensat) and setxattr/removexattr fails
 //! with EROFS and changes nothing; reading works and inode numbers are stable.
+//!
+//! A snapshot deleted while a file in it is open: the open file reads on exactly what
+//! the snapshot held (flattening leaves its generation alone until the file is closed,
+//! then the daemon removes it); nothing new opens in it.
 
 use std::fs::OpenOptions;
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use strata_tests::cli::UnmountOnDrop;
+use strata_tests::cli::{json, UnmountOnDrop};
+use strata_tests::data::random_bytes;
 use strata_tests::sys::{self, errno};
 use strata_tests::{strata, TestStore};
 
@@ -155,5 +162,51 @@ fn snapshot_views_refuse_every_change_with_erofs() {
         b"live content, changed"
     );
     mount.unmount();
+    ts.assert_verify_clean();
+}
+
+#[test]
+fn a_deleted_snapshot_reads_on_through_open_files_until_they_close() {
+    let ts = TestStore::new();
+    let mount = ts.mount();
+    let store = ts.store.to_str().unwrap();
+    let data = |seed: u64| random_bytes(seed, 256 << 10);
+    for (seed, name) in [(1, "s1"), (2, "s2")] {
+        std::fs::write(mount.path("f"), data(seed)).unwrap();
+        strata(["snapshot", "create", ts.mnt.to_str().unwrap(), name]).assert_success();
+    }
+    // The live file is rewritten whole: folding s2 away would drop every block it read.
+    std::fs::write(mount.path("f"), data(3)).unwrap();
+    let mut open = std::fs::File::open(mount.path(".snapshots/s2/f")).unwrap();
+    let mut head = vec![0u8; 4096];
+    open.read_exact(&mut head).unwrap();
+    strata(["snapshot", "delete", store, "s2"]).assert_success();
+    assert!(std::fs::File::open(mount.path(".snapshots/s2/f")).is_err());
+    // A flatten run (through the daemon) leaves the open snapshot's generation alone.
+    let r = json(&["flatten", store, "--json"]);
+    assert_eq!(r["generations_removed"], 0, "{r}");
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    head.extend(rest);
+    assert!(
+        head == data(2),
+        "the open file of the deleted snapshot read other bytes"
+    );
+    // Closed: the daemon flattens the generation away by itself.
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ts
+        .daemon_log_tail(50)
+        .contains("flattened: 1 deleted generations removed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not flatten the closed snapshot:\n{}",
+            ts.daemon_log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(std::fs::read(mount.path(".snapshots/s1/f")).unwrap() == data(1));
+    assert!(std::fs::read(mount.path("f")).unwrap() == data(3));
     ts.assert_verify_clean();
 }

@@ -1,6 +1,7 @@
 //! Background maintenance of a mounted store: flattening deleted generations away (after
-//! every snapshot or branch deletion, and once at start to finish a pass an earlier run
-//! left unfinished), then gc when automatic pruning removed snapshots.
+//! every snapshot or branch deletion, once at start to finish a pass an earlier run
+//! left unfinished, and when the last open file of a deleted snapshot closes), then gc
+//! when automatic pruning removed snapshots.
 //!
 //! One thread per daemon. It flattens in batches with a pause between them, so the mounts
 //! keep serving, and stops between two batches as soon as the daemon is closing: an
@@ -79,7 +80,15 @@ fn run(daemon: &Daemon) {
         if daemon.is_closing() {
             return;
         }
-        let Some(wants) = daemon.maintenance.next() else {
+        let asked = daemon.maintenance.next();
+        // The last open file of a deleted snapshot closed: its generation can go now.
+        let freed = daemon.store.take_flatten_wanted();
+        let Some(wants) = asked.or_else(|| {
+            freed.then_some(Wants {
+                flatten: true,
+                gc: false,
+            })
+        }) else {
             continue;
         };
         let Some(_busy) = daemon.begin() else { return };
