@@ -187,29 +187,38 @@ impl Meta {
 
     /// The payload of the newest version of `base` visible from the live generation.
     pub fn get(&self, base: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_within(base, usize::MAX)?.flatten())
+    }
+
+    /// Like `get`, giving up (None) when finding the version would step over more than
+    /// `steps` versions of generations the view does not see (other branches').
+    pub(crate) fn get_within(&self, base: &[u8], steps: usize) -> Result<Option<Option<Vec<u8>>>> {
         let live_key = keys::versioned(base, self.view.gen);
         match self.overlay.get(&live_key) {
-            Some(Some(v)) => return unwrap_envelope(&live_key, v),
+            Some(Some(v)) => return Ok(Some(unwrap_envelope(&live_key, v)?)),
             Some(None) => {}
             None => {
                 if let Some(v) = self.tree.get(&live_key)? {
-                    return unwrap_envelope(&live_key, &v);
+                    return Ok(Some(unwrap_envelope(&live_key, &v)?));
                 }
             }
         }
         if self.view.ancestors.is_empty() {
-            return Ok(None);
+            return Ok(Some(None));
         }
         // Nearest ancestor: the highest visible generation below live.
         let lo = keys::versioned(base, GenerationId(0));
-        for item in self.tree.range(lo..live_key).rev() {
+        for (n, item) in self.tree.range(lo..live_key).rev().enumerate() {
             let (k, v) = item?;
             let (_, gen) = keys::split_versioned(&k);
             if self.view.ancestors.contains(&gen.0) {
-                return unwrap_envelope(&k, &v);
+                return Ok(Some(unwrap_envelope(&k, &v)?));
+            }
+            if n >= steps {
+                return Ok(None);
             }
         }
-        Ok(None)
+        Ok(Some(None))
     }
 
     /// Whether an ancestor of the live generation holds a non-tombstone version.

@@ -36,6 +36,12 @@ use crate::generation::View;
 use crate::keys::{self, CHUNK_BLOCKS};
 use crate::types::{GenerationId, InodeNo};
 
+/// Reads of fewer blocks than this look each block up by itself (`block_map`).
+const POINT_BLOCKS: u64 = 4;
+/// Versions of other branches a lookup of one block steps over before `block_map`
+/// walks its chunk instead.
+const POINT_STEPS: usize = 16;
+
 /// (inode, chunk): where a step of the read-index check starts.
 pub(crate) type ChunkAt = (InodeNo, u64);
 
@@ -223,6 +229,27 @@ impl Meta {
     /// payload (block id) of each present block, by ascending index.
     pub fn block_map(&self, ino: InodeNo, first: u64, last: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
+        // A few blocks (a small random read): one reverse seek per block finds the
+        // newest version its generation sees, at once on a linear history. One that
+        // would step over more than `POINT_STEPS` versions of other branches is left to
+        // the chunk walk below, which is bounded however the history branches.
+        if last - first < POINT_BLOCKS {
+            let mut gave_up = false;
+            for idx in first..=last {
+                match self.get_within(&keys::block(ino, idx), POINT_STEPS)? {
+                    Some(Some(p)) => out.push((idx, p)),
+                    Some(None) => {}
+                    None => {
+                        gave_up = true;
+                        break;
+                    }
+                }
+            }
+            if !gave_up {
+                return Ok(out);
+            }
+            out.clear();
+        }
         for chunk in first / CHUNK_BLOCKS..=last / CHUNK_BLOCKS {
             let base = chunk * CHUNK_BLOCKS;
             let lo = (first.max(base) - base) as usize;
