@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{PRESENT, TOMBSTONE};
 use crate::error::{Error, Result};
-use crate::generation::{Generations, View, STATE_DELETED};
+use crate::generation::{is_kept, Generations, View};
 use crate::keys;
 use crate::store::{State, Store};
 use crate::types::{GenerationId, InodeNo};
@@ -139,16 +139,14 @@ impl Pass {
     }
 }
 
-/// The generations a new pass would remove, each with its heir. A deleted generation
-/// with files still open (`busy`: a snapshot deleted while something reads it) counts as
-/// kept until they are closed, so those reads go on seeing exactly what it held.
+/// The generations a new pass would remove, each with its heir: those not kept
+/// (`generation::is_kept`; `open` is `State::frozen_open`, so a snapshot deleted while
+/// its files are open stays until they close).
 fn plan(
     gens: &Generations,
-    busy: &HashMap<GenerationId, u64>,
+    open: &HashMap<GenerationId, u64>,
 ) -> BTreeMap<GenerationId, Option<GenerationId>> {
-    let deleted = |g: &GenerationId, r: &crate::generation::GenerationRecord| {
-        r.state == STATE_DELETED && !busy.contains_key(g)
-    };
+    let deleted = |g: &GenerationId, r: &crate::generation::GenerationRecord| !is_kept(*g, r, open);
     let mut children: HashMap<GenerationId, Vec<GenerationId>> = HashMap::new();
     for (g, r) in &gens.all {
         if let Some(p) = r.parent {
@@ -657,7 +655,7 @@ mod tests {
 
     #[test]
     fn plan_keeps_junctions_and_finds_heirs() {
-        const D: u8 = STATE_DELETED;
+        const D: u8 = crate::generation::STATE_DELETED;
         // 1(D) - 2(D) - 3(F) - 5(D) - 6(L)
         //               3 - 4(D, a deleted branch head)
         // 2 - 7(D) - 8(L): 2 is a junction (children 3 and 7 both lead to kept ones).

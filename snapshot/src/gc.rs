@@ -217,18 +217,7 @@ impl Store {
             let mut st = self.lock();
             let since = Instant::now();
             self.commit_locked(&mut st)?;
-            let mut views: Vec<_> = kept_trees(&st)?.into_iter().map(|(_, v, _)| v).collect();
-            // Deleted snapshots with files still open: those read on until they close.
-            for g in st.frozen_open.keys() {
-                if st
-                    .gens
-                    .all
-                    .get(g)
-                    .is_some_and(|r| r.state == crate::generation::STATE_DELETED)
-                {
-                    views.push(st.gens.view(*g)?);
-                }
-            }
+            let views: Vec<_> = kept_trees(&st)?.into_iter().map(|(_, v, _)| v).collect();
             let versions = st.meta.all_versions(&[keys::BLOCK])?;
             let mut live: HashSet<BlockId> = HashSet::new();
             visible_blocks(&versions, &views, |_, id| {

@@ -124,6 +124,18 @@ impl View {
     }
 }
 
+/// Whether generation `g` (record `r`) still holds a tree someone reads: every one that
+/// is not deleted, and a deleted snapshot while files of it are open (`open`: open files
+/// per snapshot generation, `State::frozen_open`) — they read on until closed. Flattening
+/// removes only the others, and gc's mark and space accounting count exactly these.
+pub(crate) fn is_kept(
+    g: GenerationId,
+    r: &GenerationRecord,
+    open: &std::collections::HashMap<GenerationId, u64>,
+) -> bool {
+    r.state != STATE_DELETED || open.contains_key(&g)
+}
+
 /// Every generation of the store, loaded at open and kept in step with each commit.
 #[derive(Default)]
 pub struct Generations {

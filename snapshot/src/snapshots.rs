@@ -541,14 +541,15 @@ impl Store {
     }
 }
 
-/// The trees whose blocks are kept: every generation that is not deleted (branch heads
-/// and snapshots), with its view and snapshot name. A deleted generation's records that
-/// a descendant still sees are covered through the descendant's view.
+/// The trees whose blocks are kept (`generation::is_kept`: branch heads, snapshots, and
+/// deleted snapshots whose files are still open), with their views and snapshot names.
+/// A deleted generation's records that a descendant still sees are covered through the
+/// descendant's view.
 pub(crate) fn kept_trees(st: &State) -> Result<Vec<(GenerationId, View, String)>> {
     st.gens
         .all
         .iter()
-        .filter(|(_, r)| r.state != STATE_DELETED)
+        .filter(|(g, r)| crate::generation::is_kept(**g, r, &st.frozen_open))
         .map(|(g, r)| Ok((*g, st.gens.view(*g)?, r.name.clone())))
         .collect()
 }
