@@ -33,6 +33,7 @@ use crate::codec;
 use crate::error::Result;
 use crate::generation::View;
 use crate::keys;
+use crate::meta::Version;
 use crate::store::{State, Store};
 use crate::types::{GenerationId, InodeNo};
 
@@ -112,6 +113,31 @@ impl Views {
 }
 
 impl Store {
+    /// Calls `f` on every stored version of the records of `kind` (`B`, `I`, ...), in
+    /// key order, under the state lock in steps of `STEP` (the mount serves between
+    /// them); `f` may point the metadata at any view, it is put back after each step.
+    fn each_version(
+        &self,
+        kind: u8,
+        f: &mut dyn FnMut(&mut State, Version) -> Result<()>,
+    ) -> Result<()> {
+        let hi = [kind + 1];
+        let mut cursor = vec![kind];
+        loop {
+            let mut st = self.lock();
+            let step = st.meta.versions_range(&cursor, Some(&hi), STEP)?;
+            let Some((base, gen, _)) = step.last() else {
+                return Ok(());
+            };
+            cursor = keys::versioned(base, *gen);
+            cursor.push(0);
+            let restore = st.meta.view().clone();
+            let done = step.into_iter().try_for_each(|v| f(&mut st, v));
+            st.meta.set_view(&restore);
+            done?;
+        }
+    }
+
     /// Checks every block record version once (see the module doc). `trees` are the
     /// live and frozen generations; `label` names one in problem lines ("snapshot NAME:
     /// ", "" for the main tree).
@@ -124,125 +150,110 @@ impl Store {
         let bs = self.config.block_size as u64;
         let mut out = BlockVersions::default();
         let mut views = Views(HashMap::new());
-        // The highest block index of each inode with block records (for check 2), and
+        // The highest block index of each inode with block records (for check 2 and the
+        // unsettled inodes), the inodes with records in a generation being removed, and
         // whether an inode exists at a generation (for check 1; for the current inode).
         let mut last_idx: HashMap<InodeNo, u64> = HashMap::new();
+        let mut unsettled: HashSet<InodeNo> = HashSet::new();
         let mut exists: HashMap<GenerationId, bool> = HashMap::new();
         let mut exists_of = InodeNo(0);
-        let hi = [keys::BLOCK + 1];
-        let mut cursor = vec![keys::BLOCK];
-        loop {
-            let mut st = self.lock();
-            let step = st.meta.versions_range(&cursor, Some(&hi), STEP)?;
-            let Some((base, gen, _)) = step.last() else {
-                break;
+        self.each_version(keys::BLOCK, &mut |st, (base, gen, payload)| {
+            let (ino, idx) = (keys::key_ino(&base), keys::block_index(&base));
+            let top = last_idx.entry(ino).or_default();
+            *top = (*top).max(idx);
+            let settled = trees.contains(&gen);
+            if !settled {
+                unsettled.insert(ino);
+            }
+            let Some(payload) = payload else {
+                return Ok(()); // a tombstone
             };
-            cursor = keys::versioned(base, *gen);
-            cursor.push(0);
-            let restore = st.meta.view().clone();
-            for (base, gen, payload) in step {
-                let (ino, idx) = (keys::key_ino(&base), keys::block_index(&base));
-                let top = last_idx.entry(ino).or_default();
-                *top = (*top).max(idx);
-                let settled = trees.contains(&gen);
-                if !settled {
-                    out.unsettled.insert(ino, *top);
+            let (off, at) = (idx * bs, label(gen));
+            if exists_of != ino {
+                exists.clear();
+                exists_of = ino;
+            }
+            let inode_there = match exists.get(&gen) {
+                _ if !settled => true,
+                Some(e) => *e,
+                None => {
+                    let Some(view) = views.get(st, gen) else {
+                        return Ok(()); // gone: a stray record, reported apart
+                    };
+                    st.meta.set_view(&view);
+                    let e = st.meta.get(&keys::inode(ino))?.is_some();
+                    exists.insert(gen, e);
+                    e
                 }
-                let Some(payload) = payload else { continue }; // a tombstone
-                let (off, at) = (idx * bs, label(gen));
-                if exists_of != ino {
-                    exists.clear();
-                    exists_of = ino;
-                }
-                let inode_there = match exists.get(&gen) {
-                    _ if !settled => true,
-                    Some(e) => *e,
-                    None => {
-                        let Some(view) = views.get(&st, gen) else {
-                            continue;
-                        };
-                        st.meta.set_view(&view);
-                        let e = st.meta.get(&keys::inode(ino))?.is_some();
-                        exists.insert(gen, e);
-                        e
-                    }
-                };
-                if !inode_there {
+            };
+            if !inode_there {
+                out.problems.push(format!(
+                    "{at}inode {}: block record at offset {off} for a missing inode",
+                    ino.0
+                ));
+            }
+            let id = match codec::decode_block(&payload) {
+                Ok(id) => id,
+                Err(e) => {
                     out.problems.push(format!(
-                        "{at}inode {}: block record at offset {off} for a missing inode",
+                        "{at}inode {}: block record at offset {off}: {e}",
                         ino.0
                     ));
+                    return Ok(());
                 }
-                let id = match codec::decode_block(&payload) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        out.problems.push(format!(
-                            "{at}inode {}: block record at offset {off}: {e}",
-                            ino.0
-                        ));
-                        continue;
-                    }
-                };
-                let fault = if bad.contains(&id) {
-                    Fault::Damaged
-                } else if !self.blocks.contains(&id)? {
-                    Fault::NotStored
-                } else {
-                    continue;
-                };
-                out.suspects.push(Suspect {
-                    ino,
-                    idx,
-                    gen,
-                    id,
-                    fault,
-                });
-            }
-            st.meta.set_view(&restore);
-        }
-        // Check 2: at each deletion of an inode, none of its blocks is still visible.
-        let hi = [keys::INODE + 1];
-        let mut cursor = vec![keys::INODE];
-        loop {
-            let mut st = self.lock();
-            let step = st.meta.versions_range(&cursor, Some(&hi), STEP)?;
-            let Some((base, gen, _)) = step.last() else {
-                break;
             };
-            cursor = keys::versioned(base, *gen);
-            cursor.push(0);
-            let restore = st.meta.view().clone();
-            for (base, gen, payload) in step {
-                let ino = keys::key_ino(&base);
-                let Some(&last) = last_idx.get(&ino) else {
-                    continue;
-                };
-                if !trees.contains(&gen) {
-                    out.unsettled.insert(ino, last);
-                    continue;
-                }
-                if payload.is_some() {
-                    continue;
-                }
-                let Some(view) = views.get(&st, gen) else {
-                    continue;
-                };
-                st.meta.set_view(&view);
-                let left = st.meta.block_map(ino, 0, last)?;
-                if let Some((idx, _)) = left.first() {
-                    out.problems.push(format!(
-                        "{}inode {}: deleted, but {} block record{} still visible (first at \
-                         offset {})",
-                        label(gen),
-                        ino.0,
-                        left.len(),
-                        if left.len() == 1 { " is" } else { "s are" },
-                        idx * bs
-                    ));
-                }
+            let fault = if bad.contains(&id) {
+                Fault::Damaged
+            } else if !self.blocks.contains(&id)? {
+                Fault::NotStored
+            } else {
+                return Ok(());
+            };
+            out.suspects.push(Suspect {
+                ino,
+                idx,
+                gen,
+                id,
+                fault,
+            });
+            Ok(())
+        })?;
+        // Check 2: at each deletion of an inode, none of its blocks is still visible.
+        self.each_version(keys::INODE, &mut |st, (base, gen, payload)| {
+            let ino = keys::key_ino(&base);
+            let Some(&last) = last_idx.get(&ino) else {
+                return Ok(());
+            };
+            if !trees.contains(&gen) {
+                unsettled.insert(ino);
+                return Ok(());
             }
-            st.meta.set_view(&restore);
-        }
+            if payload.is_some() {
+                return Ok(());
+            }
+            let Some(view) = views.get(st, gen) else {
+                return Ok(());
+            };
+            st.meta.set_view(&view);
+            let left = st.meta.block_map(ino, 0, last)?;
+            if let Some((idx, _)) = left.first() {
+                out.problems.push(format!(
+                    "{}inode {}: deleted, but {} block record{} still visible (first at \
+                     offset {})",
+                    label(gen),
+                    ino.0,
+                    left.len(),
+                    if left.len() == 1 { " is" } else { "s are" },
+                    idx * bs
+                ));
+            }
+            Ok(())
+        })?;
+        // With the highest index over all their versions (known only now).
+        out.unsettled = unsettled
+            .into_iter()
+            .filter_map(|ino| last_idx.get(&ino).map(|last| (ino, *last)))
+            .collect();
         Ok(out)
     }
 }
