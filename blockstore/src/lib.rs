@@ -33,14 +33,16 @@
 //!   deletes anything.
 //!
 //! Modules: `layout` (byte layouts), `codec` (per-thread zstd), `record` (block ⇄
-//! record bytes), `index` (sled tree), `writer` (active pack), `scan` (reading packs
-//! without the index), `recovery` (open), `store` (the API), `verify`, `gc` (space
-//! reclamation), `relocate` (defragmentation), `sync` (locks).
+//! record bytes), `pread` (a record read in one call), `index` (sled tree), `writer`
+//! (active pack), `scan` (reading packs without the index), `recovery` (open), `store`
+//! (the API), `verify`, `gc` (space reclamation), `relocate` (defragmentation), `sync`
+//! (locks).
 
 mod codec;
 mod gc;
 mod index;
 mod layout;
+mod pread;
 mod record;
 mod recovery;
 mod relocate;

@@ -17,13 +17,13 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::gc::{GcHost, GcSession};
 use crate::index;
 use crate::layout::{Location, RecordHeader, MAX_BLOCK_LEN, RECORD_HEADER_LEN};
+use crate::pread;
 use crate::record::{self, EncodedRecord};
 use crate::recovery;
 use crate::sync::{lock, read, write, Arc, Mutex, RwLock};
@@ -511,17 +511,6 @@ impl BlockStore {
             offset: loc.offset,
             detail,
         };
-        let read_at = |file: &File, buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(corrupt(format!(
-                "the pack ends inside the record ({} bytes at {at})",
-                buf.len()
-            ))),
-            Err(e) => Err(Error::Io {
-                path: path.clone(),
-                source: e,
-            }),
-        };
         let file = match self.reader(loc.pack, &path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -529,8 +518,21 @@ impl BlockStore {
             }
             Err(source) => return Err(Error::Io { path, source }),
         };
+        // Header and payload in one call, the payload's length from the index; the
+        // header read with it must then agree with the index.
         let mut hb = [0u8; RECORD_HEADER_LEN];
-        read_at(&file, &mut hb, loc.offset)?;
+        let payload =
+            match pread::read_record_at(&file, &mut hb, loc.stored_len as usize, loc.offset) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(corrupt(format!(
+                        "the pack ends inside the record ({} bytes at {})",
+                        RECORD_HEADER_LEN as u64 + u64::from(loc.stored_len),
+                        loc.offset
+                    )))
+                }
+                Err(source) => return Err(Error::Io { path, source }),
+            };
         let header = RecordHeader::decode(&hb).map_err(corrupt)?;
         if header.id != *id {
             return Err(corrupt(format!(
@@ -550,8 +552,6 @@ impl BlockStore {
                 loc.flags
             )));
         }
-        let mut payload = vec![0u8; header.payload_len as usize];
-        read_at(&file, &mut payload, loc.offset + RECORD_HEADER_LEN as u64)?;
         record::open_payload(&header, payload).map_err(corrupt)
     }
 }

@@ -262,10 +262,7 @@ impl Volume {
             return Ok(Vec::new());
         }
         let end = (offset + size as u64).min(rec.size);
-        let mut out = vec![0u8; (end - offset) as usize];
         let bs = self.bs();
-        // (block id, offset in block, offset in out, length) to fetch without the lock.
-        let mut fetch: Vec<(BlockId, usize, usize, usize)> = Vec::new();
         // The committed block map of the range, from the read index: a bounded walk per
         // chunk, however many generations the store holds.
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -275,18 +272,32 @@ impl Volume {
             .into_iter()
             .map(|(idx, v)| Ok((idx, codec::decode_block(&v)?)))
             .collect::<Result<_>>()?;
+        // The range piece by piece, in order (each within one block): the reply is then
+        // built by appending, not by zeroing a buffer and copying over it.
+        enum Piece {
+            /// Bytes of a buffered write, copied while the lock is held.
+            Dirty(Vec<u8>),
+            /// The next of `ids`, from this offset in the block.
+            Stored(usize),
+            Hole,
+        }
+        let mut pieces: Vec<(Piece, usize)> = Vec::new();
+        let mut ids: Vec<BlockId> = Vec::new();
         let dirty = st.dirty_of(ino);
         let mut pos = offset;
         while pos < end {
             let idx = pos / bs;
             let boff = (pos % bs) as usize;
             let n = ((bs as usize) - boff).min((end - pos) as usize);
-            let o = (pos - offset) as usize;
-            if let Some(buf) = dirty.and_then(|d| d.blocks.get(&idx)) {
-                out[o..o + n].copy_from_slice(&buf[boff..boff + n]);
+            let piece = if let Some(buf) = dirty.and_then(|d| d.blocks.get(&idx)) {
+                Piece::Dirty(buf[boff..boff + n].to_vec())
             } else if let Some(id) = committed.get(&idx) {
-                fetch.push((*id, boff, o, n));
-            }
+                ids.push(*id);
+                Piece::Stored(boff)
+            } else {
+                Piece::Hole
+            };
+            pieces.push((piece, n));
             pos += n as u64;
         }
         drop(st);
@@ -295,16 +306,28 @@ impl Volume {
             self.read_pause_us
                 .load(std::sync::atomic::Ordering::Relaxed),
         ));
-        let ids: Vec<BlockId> = fetch.iter().map(|f| f.0).collect();
-        for ((_, boff, o, n), data) in fetch.into_iter().zip(self.blocks.get_many(&ids)) {
-            let data = data.inspect_err(|e| {
-                tracing::error!(ino = ino.0, offset = offset + o as u64, error = %e, "block read failed");
-            })?;
-            // A stored block may be shorter than `bs` (trimmed at the end of file when it
-            // was committed); past its end the file reads as zeros.
-            if boff < data.len() {
-                let avail = (data.len() - boff).min(n);
-                out[o..o + avail].copy_from_slice(&data[boff..boff + avail]);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut blocks = self.blocks.get_many(&ids).into_iter();
+        for (piece, n) in pieces {
+            match piece {
+                Piece::Dirty(bytes) => out.extend_from_slice(&bytes),
+                Piece::Hole => out.resize(out.len() + n, 0),
+                Piece::Stored(boff) => {
+                    let data = blocks
+                        .next()
+                        .expect("one fetched block per stored piece")
+                        .inspect_err(|e| {
+                            tracing::error!(ino = ino.0, offset = offset + out.len() as u64,
+                                error = %e, "block read failed");
+                        })?;
+                    // A stored block may be shorter than `bs` (trimmed at the end of file
+                    // when it was committed); past its end the file reads as zeros.
+                    let avail = data.len().saturating_sub(boff).min(n);
+                    if avail > 0 {
+                        out.extend_from_slice(&data[boff..boff + avail]);
+                    }
+                    out.resize(out.len() + n - avail, 0);
+                }
             }
         }
         Ok(out)
