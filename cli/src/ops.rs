@@ -157,6 +157,7 @@ pub fn execute(
                 bail!(mounted_message(&format!("snapshot {name}"), &mounted));
             }
             let bytes = store.snapshot_delete(name, *dry_run).map_err(model)?;
+            let open_files = store.open_file_count(gen);
             if !dry_run {
                 host.snapshots_changed();
                 host.generations_deleted();
@@ -165,6 +166,7 @@ pub fn execute(
                 name: name.clone(),
                 dry_run: *dry_run,
                 bytes,
+                open_files,
             })?
         }
         Request::SnapshotRename { old, new } => {

@@ -184,7 +184,7 @@ pub fn snapshot_created(s: &Snapshot) -> String {
 
 /// `snapshot delete [--dry-run]`.
 pub fn snapshot_deleted(d: &Deleted) -> String {
-    if d.dry_run {
+    let mut out = if d.dry_run {
         format!("would free {} ({} bytes)\n", format_human(d.bytes), d.bytes)
     } else {
         format!(
@@ -192,7 +192,18 @@ pub fn snapshot_deleted(d: &Deleted) -> String {
             d.name,
             format_human(d.bytes)
         )
+    };
+    if d.open_files > 0 {
+        out.push_str(&format!(
+            "{} file{} of the snapshot {} open: it stays readable through {} and its space \
+             is freed only after they close\n",
+            d.open_files,
+            if d.open_files == 1 { "" } else { "s" },
+            if d.open_files == 1 { "is" } else { "are" },
+            if d.open_files == 1 { "it" } else { "them" },
+        ));
     }
+    out
 }
 
 /// `gc`: one summary line, then one line per problem.
@@ -579,6 +590,7 @@ mod tests {
             name: "x".into(),
             dry_run: true,
             bytes: 1_234_567,
+            open_files: 0,
         };
         assert_eq!(snapshot_deleted(&d), "would free 1.2 MiB (1234567 bytes)\n");
         let d = Deleted {
@@ -588,6 +600,15 @@ mod tests {
         assert_eq!(
             snapshot_deleted(&d),
             "deleted snapshot x; 1.2 MiB is no longer referenced and returns to the disk at the next `strata gc`\n"
+        );
+        let d = Deleted { open_files: 2, ..d };
+        assert!(
+            snapshot_deleted(&d).ends_with(
+                "\n2 files of the snapshot are open: it stays readable through them and its \
+                 space is freed only after they close\n"
+            ),
+            "{}",
+            snapshot_deleted(&d)
         );
         let r = RolledBack {
             branch: "main".into(),

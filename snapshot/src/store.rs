@@ -292,7 +292,12 @@ impl Store {
     /// Whether files of snapshot generation `g` are open (a deleted snapshot then stays
     /// readable through them until they close).
     pub fn has_open_files(&self, g: GenerationId) -> bool {
-        self.lock().frozen_open.contains_key(&g)
+        self.open_file_count(g) > 0
+    }
+
+    /// How many files of snapshot generation `g` are open.
+    pub fn open_file_count(&self, g: GenerationId) -> u64 {
+        self.lock().frozen_open.get(&g).copied().unwrap_or(0)
     }
 
     pub(crate) fn want_flatten(&self) {

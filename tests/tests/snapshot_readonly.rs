@@ -180,7 +180,20 @@ fn a_deleted_snapshot_reads_on_through_open_files_until_they_close() {
     let mut open = std::fs::File::open(mount.path(".snapshots/s2/f")).unwrap();
     let mut head = vec![0u8; 4096];
     open.read_exact(&mut head).unwrap();
-    strata(["snapshot", "delete", store, "s2"]).assert_success();
+    // Deleting says that the space waits for the open file, the dry run already.
+    let waits = "1 file of the snapshot is open: it stays readable through it";
+    let dry = strata(["snapshot", "delete", store, "s2", "--dry-run"]);
+    assert!(
+        dry.assert_success().stdout.contains(waits),
+        "{}",
+        dry.stdout
+    );
+    let done = strata(["snapshot", "delete", store, "s2"]);
+    assert!(
+        done.assert_success().stdout.contains(waits),
+        "{}",
+        done.stdout
+    );
     assert!(std::fs::File::open(mount.path(".snapshots/s2/f")).is_err());
     // A flatten run (through the daemon) leaves the open snapshot's generation alone.
     let r = json(&["flatten", store, "--json"]);

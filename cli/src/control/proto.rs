@@ -294,6 +294,10 @@ pub struct Deleted {
     pub dry_run: bool,
     /// Stored bytes no other snapshot or branch references.
     pub bytes: u64,
+    /// Files of the snapshot open through the mount: its generation, and the space, stay
+    /// until they close.
+    #[serde(default)]
+    pub open_files: u64,
 }
 
 /// Result of `snapshot_rename`.
