@@ -25,7 +25,11 @@ snapshot's file run at least 0.9x as fast as after 1 generation.
      live-rand    BENCH_GEN_RANDOM_READS block-sized reads at random block-aligned offsets
                   (the same offsets every time, seed BENCH_GEN_SEED; POSIX_FADV_RANDOM)
      oldest-rand  the same on the oldest snapshot's file
-   and the store's size (allocated bytes of packs/ and meta/, unmounted). Each read also
+   and the store's size (allocated bytes of packs/ and meta/, unmounted). The first
+   live-seq run after COUNT generations finds the file scattered, so the daemon lays out
+   what it read by the unmount that follows (docs/packs.md, "Defragmentation on read"):
+   later runs read the result; every run is in the JSON and the report shows the first
+   one apart. Each read also
    records the CPU time the daemon spent meanwhile (utime + stime of its /proc stat):
    the metadata work per read, which this disk's drift does not blur.
 4. How long building generations 2..N took (rewrites, fsyncs and snapshot creates), and

@@ -175,23 +175,36 @@ impl BlockStore {
     /// together instead of one read at a time: what keeps a sequential read of a file
     /// whose blocks copy-on-write scattered over the packs from waiting on each in turn.
     pub fn get_many(&self, ids: &[BlockId]) -> Vec<Result<Vec<u8>>> {
+        self.get_many_runs(ids).0
+    }
+
+    /// `get_many`, and in how many contiguous runs the stored records of `ids` lie in
+    /// that order (as `runs` counts them, from the same lookups).
+    pub fn get_many_runs(&self, ids: &[BlockId]) -> (Vec<Result<Vec<u8>>>, u64) {
         let locs: Vec<Result<Option<Location>>> = ids.iter().map(|id| self.location(id)).collect();
+        let found: Vec<&Location> = locs.iter().flatten().flatten().collect();
+        let breaks = found
+            .windows(2)
+            .filter(|w| !w[0].is_followed_by(w[1]))
+            .count() as u64;
         // Only scattered blocks: a record that follows the previous one in its pack is
         // left to the kernel's readahead on the pack file, which sequential reads of
         // contiguous records already ramp up (and which advice would cut short).
-        let found: Vec<&Location> = locs.iter().flatten().flatten().collect();
-        if found.windows(2).any(|w| !w[0].is_followed_by(w[1])) {
+        if breaks > 0 {
             for loc in &found {
                 self.advise_willneed(loc);
             }
         }
-        ids.iter()
+        let runs = if found.is_empty() { 0 } else { breaks + 1 };
+        let data = ids
+            .iter()
             .zip(locs)
             .map(|(id, loc)| match loc? {
                 Some(loc) => self.get_at(id, loc),
                 None => Err(Error::NotFound(*id)),
             })
-            .collect()
+            .collect();
+        (data, runs)
     }
 
     /// Asks the kernel to start reading the record at `loc` into the page cache. Advice

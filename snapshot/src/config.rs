@@ -31,6 +31,14 @@ pub struct StoreConfig {
     /// Keep rules for the automatic snapshots, e.g. "hourly=24,daily=7,weekly=4".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_snapshot_keep: Option<String>,
+    /// Long reads of a live file that find its blocks scattered have the daemon lay them
+    /// out again (docs/packs.md, "Defragmentation on read").
+    #[serde(default = "default_true")]
+    pub defrag_on_read: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_commit_interval() -> u64 {
@@ -49,6 +57,7 @@ impl StoreConfig {
             commit_interval_secs: default_commit_interval(),
             auto_snapshot_every: None,
             auto_snapshot_keep: None,
+            defrag_on_read: true,
         })
     }
 

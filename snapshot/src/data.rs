@@ -307,7 +307,9 @@ impl Volume {
                 .load(std::sync::atomic::Ordering::Relaxed),
         ));
         let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut blocks = self.blocks.get_many(&ids).into_iter();
+        let (blocks, runs) = self.blocks.get_many_runs(&ids);
+        self.note_layout(&ids, runs);
+        let mut blocks = blocks.into_iter();
         for (piece, n) in pieces {
             match piece {
                 Piece::Dirty(bytes) => out.extend_from_slice(&bytes),

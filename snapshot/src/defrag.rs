@@ -150,7 +150,7 @@ impl Store {
 
     /// The block ids of `ino`'s committed block map in `branch`'s live tree, in file
     /// order (holes left out). Empty if the branch or the file is gone meanwhile.
-    fn block_ids(&self, branch: &str, ino: InodeNo) -> Result<Vec<BlockId>> {
+    pub(crate) fn block_ids(&self, branch: &str, ino: InodeNo) -> Result<Vec<BlockId>> {
         let mut st = self.lock();
         let Some(view) = st.heads.get(branch).cloned() else {
             return Ok(Vec::new());

@@ -17,6 +17,7 @@ mod codec;
 mod config;
 mod data;
 mod defrag;
+mod defrag_on_read;
 mod diff;
 mod durable;
 mod error;
@@ -44,6 +45,7 @@ pub use defrag::{
     DefragReport, DEFAULT_GROUP_BYTES as DEFRAG_GROUP_BYTES,
     MIN_AVERAGE_RUN as DEFRAG_MIN_AVERAGE_RUN,
 };
+pub use defrag_on_read::RelocatedReport;
 pub use diff::{DiffEntry, HistoryEntry};
 pub use durable::dir_bytes as disk_bytes;
 pub use error::{Error, Result};

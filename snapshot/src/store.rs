@@ -9,7 +9,8 @@
 //! else held) before `gc_fence` before `state` before the blockstore's internal locks;
 //! nothing takes `state` while holding a blockstore lock, nor `gc_fence` while holding
 //! `state`. A gc's sweep holds no lock of this layer but `gc_fence`, briefly, around each
-//! pack deletion.
+//! pack deletion. `relocation` (the queue of defragmentation on read) is a leaf: held
+//! only to push or take ids, with or without `gc_fence`, never while taking another.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,6 +106,9 @@ pub struct Store {
     /// Set when the last open file of a deleted snapshot closed: flattening can take its
     /// generation now (`take_flatten_wanted`).
     flatten_wanted: AtomicBool,
+    /// Blocks long reads found scattered, for the daemon to lay out again
+    /// (`defrag_on_read`).
+    pub(crate) relocation: Mutex<crate::defrag_on_read::RelocationQueue>,
     _lock: StoreLock,
 }
 
@@ -276,6 +280,7 @@ impl Store {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             flatten_wanted: AtomicBool::new(false),
+            relocation: Mutex::default(),
             _lock: lock,
         });
         store.lock().refresh_heads()?;

@@ -100,3 +100,99 @@ fn a_scattered_file_is_laid_out_in_one_run_and_every_tree_reads_the_same() {
     assert_eq!(contents(&s, ino, &snaps), before);
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
 }
+
+/// The file of the test above, scattered over 6 snapshots; the snapshot names.
+fn scattered(s: &Arc<Store>) -> (InodeNo, Vec<String>) {
+    let main = s.main();
+    let ino = main
+        .mknod(InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap()
+        .ino;
+    for i in 0..BLOCKS {
+        main.write(ino, i * BS as u64, &block(i, 0)).unwrap();
+    }
+    s.sync().unwrap();
+    let mut snaps = Vec::new();
+    for round in 1..=6u64 {
+        snaps.push(format!("s{round}"));
+        s.snapshot_create(MAIN_BRANCH, snaps.last().unwrap())
+            .unwrap();
+        for i in (round % 3..BLOCKS).step_by(2 + round as usize) {
+            main.write(ino, i * BS as u64, &block(i, round)).unwrap();
+        }
+        s.sync().unwrap();
+    }
+    (ino, snaps)
+}
+
+fn runs(s: &Store, ino: InodeNo) -> u64 {
+    s.blocks
+        .runs(&s.block_ids(MAIN_BRANCH, ino).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_long_read_of_a_scattered_live_file_queues_it_and_relocation_lays_it_out() {
+    use std::time::Duration;
+    let (dir, s) = new_store();
+    let (ino, snaps) = scattered(&s);
+    assert!(runs(&s, ino) > 10, "{}", runs(&s, ino));
+    // Short reads of the live file, and whole reads of the snapshots, queue nothing.
+    let main = s.main();
+    for at in 0..BLOCKS / 8 {
+        main.read(ino, at * 8 * BS as u64, 8 * BS).unwrap();
+    }
+    for name in &snaps {
+        let v = s
+            .volume(VolumeKind::Snapshot(s.snapshot_gen(name).unwrap()))
+            .unwrap();
+        read_all(&v, ino);
+    }
+    assert!(!s.relocation_ready(Duration::ZERO));
+
+    let before = contents(&s, ino, &snaps); // the live file first, whole
+    assert!(s.relocation_ready(Duration::ZERO));
+    assert!(
+        !s.relocation_ready(Duration::from_secs(3600)),
+        "just queued"
+    );
+    let (report, more) = s.relocate_queued().unwrap();
+    assert!(!more, "{report:?}");
+    assert_eq!(report.blocks_moved, BLOCKS, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(runs(&s, ino), 1);
+    assert_eq!(contents(&s, ino, &snaps), before);
+    // Laid out, the file queues nothing when read again.
+    assert_eq!(read_all(&main, ino), before[0]);
+    assert!(!s.relocation_ready(Duration::ZERO));
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+
+    drop(main);
+    let s = reopen(&dir, s);
+    assert_eq!(contents(&s, ino, &snaps), before);
+    let gc = s.gc().unwrap();
+    assert!(gc.freed_bytes >= BLOCKS * BS as u64 / 2, "{gc:?}");
+    assert_eq!(contents(&s, ino, &snaps), before);
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+}
+
+#[test]
+fn with_defrag_on_read_off_a_scattered_file_is_not_queued() {
+    use std::time::Duration;
+    let (dir, s) = new_store();
+    let (ino, _) = scattered(&s);
+    s.close().unwrap();
+    drop(s);
+    let toml = dir.path().join("store/strata.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    assert!(text.contains("defrag_on_read = true"), "{text}");
+    std::fs::write(
+        &toml,
+        text.replace("defrag_on_read = true", "defrag_on_read = false"),
+    )
+    .unwrap();
+    let s = Store::open(&dir.path().join("store")).unwrap();
+    read_all(&s.main(), ino);
+    assert!(!s.relocation_ready(Duration::ZERO));
+    assert!(runs(&s, ino) > 10);
+}

@@ -171,6 +171,26 @@ impl TestStore {
         );
     }
 
+    /// Sets `defrag_on_read` in STORE/strata.toml (read at the next mount): tests that
+    /// measure a scattered layout switch it off, so reading the files back does not lay
+    /// them out.
+    pub fn set_defrag_on_read(&self, on: bool) {
+        let path = self.store.join("strata.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("defrag_on_read"))
+            .map(str::to_string)
+            .collect();
+        // Top-level keys go before any table.
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(lines.len());
+        lines.insert(at, format!("defrag_on_read = {on}"));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
     /// The last `lines` lines of STORE/daemon.log.
     pub fn daemon_log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.store.join("daemon.log")).unwrap_or_default();

@@ -6,7 +6,14 @@
 //! - kill -9 of the daemon in the middle of a defrag (several runs at random moments):
 //!   the store verifies clean, every tree reads back as before, and the next defrag
 //!   finishes the job. `STRATA_DEFRAG_CRASH_RUNS` (default 4) and `STRATA_CRASH_SEED`
-//!   as in the crash test.
+//!   as in the crash test;
+//! - defragmentation on read: reading the scattered live file through a mount has the
+//!   daemon lay it out (by the unmount at the latest); reading it again queues nothing,
+//!   reading a snapshot or the file with `defrag_on_read = false` queues nothing, and
+//!   every tree reads back what it held.
+//!
+//! The other tests switch `defrag_on_read` off: reading the trees back would lay the
+//! file out.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -64,6 +71,7 @@ fn scattered(ts: &TestStore, blocks: usize, rounds: u64, seed: u64) -> Vec<Strin
 fn defrag_lays_a_scattered_file_out_and_every_tree_reads_the_same() {
     const BLOCKS: usize = 512; // 16 MiB
     let ts = TestStore::new();
+    ts.set_defrag_on_read(false);
     let names = scattered(&ts, BLOCKS, 8, 7);
     let expected = all_sums(&ts, &names);
 
@@ -113,6 +121,7 @@ fn kill_9_during_defrag_loses_nothing() {
     eprintln!("defrag crash test: {runs} runs, STRATA_CRASH_SEED={seed}");
     let mut rng = Rng::new(seed);
     let template = TestStore::new();
+    template.set_defrag_on_read(false);
     let names = scattered(&template, BLOCKS, 6, 11);
     let expected: BTreeMap<_, _> = all_sums(&template, &names);
     let copy = || {
@@ -174,4 +183,65 @@ fn kill_9_during_defrag_loses_nothing() {
         );
         ts.assert_verify_clean();
     }
+}
+
+/// How many blocks the daemon log says were laid out again after reads.
+fn laid_out(ts: &TestStore) -> u64 {
+    ts.daemon_log_tail(100_000)
+        .lines()
+        .filter_map(|l| l.split("laid out again: ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
+    const BLOCKS: usize = 512; // 16 MiB
+    let ts = TestStore::new();
+    ts.set_defrag_on_read(false);
+    let names = scattered(&ts, BLOCKS, 8, 9);
+    // Switched off, reading every tree back (whole files, sequentially) moves nothing.
+    let expected = all_sums(&ts, &names);
+    assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
+
+    ts.set_defrag_on_read(true);
+    // Reading a snapshot queues nothing: snapshots keep the layout they were written with.
+    let m = ts.mount();
+    let snap = fs::read(m.path(".snapshots/s8/f")).unwrap();
+    assert_eq!(checksum(&snap), expected["s8"]["f"]);
+    m.unmount();
+    assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
+
+    // Reading the live file does; the last unmount waits until it is laid out.
+    let m = ts.mount();
+    let live = fs::read(m.path("f")).unwrap();
+    assert_eq!(checksum(&live), expected["(live)"]["f"]);
+    m.unmount();
+    let moved = laid_out(&ts);
+    assert!(
+        moved >= BLOCKS as u64 / 2 && moved <= BLOCKS as u64,
+        "{moved} blocks laid out:\n{}",
+        ts.daemon_log_tail(20)
+    );
+
+    // Laid out, it reads in runs: reading it again queues nothing.
+    let m = ts.mount();
+    assert_eq!(
+        checksum(&fs::read(m.path("f")).unwrap()),
+        expected["(live)"]["f"]
+    );
+    m.unmount();
+    assert_eq!(laid_out(&ts), moved, "{}", ts.daemon_log_tail(20));
+
+    ts.set_defrag_on_read(false);
+    assert_eq!(all_sums(&ts, &names), expected);
+    ts.assert_verify_clean();
+    // The old copies are garbage that gc frees.
+    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
+    assert!(
+        gc["freed_bytes"].as_u64().unwrap() >= moved * BS as u64 / 2,
+        "gc after laying out {moved} blocks: {gc}"
+    );
+    assert_eq!(all_sums(&ts, &names), expected);
+    ts.assert_verify_clean();
 }

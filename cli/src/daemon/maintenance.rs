@@ -1,7 +1,9 @@
 //! Background maintenance of a mounted store: flattening deleted generations away (after
 //! every snapshot or branch deletion, once at start to finish a pass an earlier run
 //! left unfinished, and when the last open file of a deleted snapshot closes), then gc
-//! when automatic pruning removed snapshots.
+//! when automatic pruning removed snapshots; laying out again the blocks that reads of
+//! live files found scattered (`Store::relocate_queued`, "defragmentation on read"), and
+//! a gc once those copies left `RELOCATED_GC_BYTES` of old records behind.
 //!
 //! One thread per daemon. It flattens in batches with a pause between them, so the mounts
 //! keep serving, and stops between two batches as soon as the daemon is closing: an
@@ -12,13 +14,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::mounts::Daemon;
 use crate::ops::{flatten_batch, FLATTEN_PAUSE};
 
-/// How often an idle thread looks whether the daemon is closing.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often an idle thread looks whether the daemon is closing, or reads queued blocks
+/// to relocate.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// Bytes of blocks relocated after which a gc reclaims their old records.
+const RELOCATED_GC_BYTES: u64 = 1 << 30;
+/// Blocks reads found scattered are relocated once reads queued none for this long.
+const RELOCATE_QUIET: Duration = Duration::from_millis(100);
 /// How often a long flatten logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -76,11 +83,22 @@ pub fn start(daemon: Arc<Daemon>) -> Result<()> {
 }
 
 fn run(daemon: &Daemon) {
+    let mut relocated = 0u64;
     loop {
         if daemon.is_closing() {
-            return;
+            return; // what reads queued for relocation is laid out by `wait_idle`
         }
         let asked = daemon.maintenance.next();
+        if daemon.store.relocation_ready(RELOCATE_QUIET) {
+            let Some(_busy) = daemon.begin() else {
+                continue;
+            };
+            relocated += relocate(daemon, RELOCATE_QUIET);
+            if relocated >= RELOCATED_GC_BYTES && !daemon.is_closing() {
+                relocated = 0;
+                gc(daemon, "after relocating blocks read scattered");
+            }
+        }
         // The last open file of a deleted snapshot closed: its generation can go now.
         let freed = daemon.store.take_flatten_wanted();
         let Some(wants) = asked.or_else(|| {
@@ -96,15 +114,51 @@ fn run(daemon: &Daemon) {
             flatten(daemon, !wants.gc);
         }
         if wants.gc && !daemon.is_closing() {
-            match daemon.store.gc() {
-                Ok(r) => info!(
-                    "gc after pruning: {} bytes freed, {} packs rewritten, {} deleted, in {} ms",
-                    r.freed_bytes, r.packs_rewritten, r.packs_deleted, r.took_ms
-                ),
-                Err(e) => error!("gc after pruning failed: {e}"),
+            gc(daemon, "after pruning");
+        }
+    }
+}
+
+fn gc(daemon: &Daemon, why: &str) {
+    match daemon.store.gc() {
+        Ok(r) => info!(
+            "gc {why}: {} bytes freed, {} packs rewritten, {} deleted, in {} ms",
+            r.freed_bytes, r.packs_rewritten, r.packs_deleted, r.took_ms
+        ),
+        Err(e) => error!("gc {why} failed: {e}"),
+    }
+}
+
+/// Relocates what reads queued, step by step until the queue is empty or reads queued
+/// more within `quiet` (they go first: the thread comes back once they pause); the
+/// bytes moved.
+pub(super) fn relocate(daemon: &Daemon, quiet: Duration) -> u64 {
+    let (mut blocks, mut bytes, started) = (0, 0, Instant::now());
+    while daemon.store.relocation_ready(quiet) {
+        match daemon.store.relocate_queued() {
+            Ok((r, more)) => {
+                blocks += r.blocks_moved;
+                bytes += r.bytes_moved;
+                for p in &r.problems {
+                    warn!("laying out blocks read scattered: {p}");
+                }
+                if !more {
+                    break;
+                }
+            }
+            Err(e) => {
+                error!("laying out blocks read scattered failed: {e}");
+                break;
             }
         }
     }
+    if blocks > 0 {
+        info!(
+            "laid out again: {blocks} blocks read scattered ({bytes} bytes) in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+    bytes
 }
 
 /// Flattens what is pending; with `measure`, then checks whether `meta/` wants a

@@ -297,15 +297,26 @@ impl Daemon {
         }
     }
 
-    /// Blocks until no mount is left and no request is running, then marks the daemon
-    /// closing. Returns the errors mounts ended with.
+    /// Blocks until no mount is left and no request is running, lays out what reads
+    /// queued for relocation (at most `strata_snapshot` `QUEUE_BYTES`: the last unmount
+    /// waits for it), then marks the daemon closing. Returns the errors mounts ended with.
     pub fn wait_idle(&self) -> Vec<String> {
-        let mut table = self.lock();
-        while !(table.mounts.is_empty() && table.busy == 0) {
-            table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut table = self.lock();
+            while !(table.mounts.is_empty() && table.busy == 0) {
+                table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+            }
+            if !self.store.relocation_ready(std::time::Duration::ZERO) {
+                table.closing = true;
+                return std::mem::take(&mut table.errors);
+            }
+            // Busy meanwhile: a mount that comes now is served, and waited for again.
+            table.busy += 1;
+            let busy = Busy { daemon: self };
+            drop(table);
+            super::maintenance::relocate(self, std::time::Duration::ZERO);
+            drop(busy);
         }
-        table.closing = true;
-        std::mem::take(&mut table.errors)
     }
 
     /// Unmounts everything (on SIGINT/SIGTERM); `lazy` detaches busy mounts.
