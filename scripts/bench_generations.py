@@ -134,6 +134,17 @@ def rand_read(path, offsets, bs):
     return {"ops_s": len(offsets) / secs, "mib_s": len(offsets) * bs / MIB / secs, "seconds": secs}
 
 
+def daemon_events(store):
+    """The lines of STORE/daemon.log about background work: mounts, relocation of blocks
+    read scattered, flattening, gc."""
+    keep = ("serving ", "last mount ended", "laid out again", "flattened", "gc ")
+    try:
+        with open(f"{store}/daemon.log", errors="replace") as f:
+            return [line.rstrip() for line in f if any(k in line for k in keep)]
+    except OSError:
+        return []
+
+
 class Bench:
     def __init__(self):
         self.base = os.path.join(WORK, "generations")
@@ -371,6 +382,9 @@ def main():
             "after_gc": compacted,
             "after_defrag": defragged,
             "reclaim": reclaim,
+            # When the daemon did background work that reads may have met: its log's
+            # lines about it (the store goes with the work directory).
+            "daemon_events": daemon_events(b.store),
         }
         subprocess.run(["rm", "-rf", b.base])
     finally:
