@@ -323,6 +323,10 @@ pub fn run_foreground(
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a starting daemon waits for the block-index warm-up before it mounts
+/// (`Store::wait_for_warm_up`): the first reads then find the index in sled's cache.
+const WARM_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Checks, opens the store, starts the control socket and mounts the first target.
 fn start(
     store_arg: Option<&Path>,
@@ -338,6 +342,7 @@ fn start(
         std::process::id()
     );
     let (_, store) = store::open(&store_path)?;
+    store.wait_for_warm_up(WARM_UP_WAIT);
     let daemon = Daemon::new(store, store_path, threads);
     let server = Server::start(&daemon)?;
     if let Err(err) = daemon.mount(&mount_point, target, None) {

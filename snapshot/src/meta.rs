@@ -47,6 +47,8 @@ pub struct Meta {
     /// Tells the background warm-up (`warm_block_index`) to stop: set when this handle
     /// goes, so the warm-up never keeps sled (and its lock) open after the store closes.
     warming: Arc<std::sync::atomic::AtomicBool>,
+    /// Disconnected when the warm-up ends (`take_warm_done`).
+    warm_done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for Meta {
@@ -78,14 +80,22 @@ impl Flusher {
 }
 
 impl Meta {
+    /// The signal of the block-index warm-up's end (a disconnect), once; `None` if no
+    /// warm-up runs or it was taken.
+    pub(crate) fn take_warm_done(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.warm_done.take()
+    }
+
     pub fn open(store: &Path) -> Result<Meta> {
         let dir = store.join(META_DIR);
         let db = crate::meta_compact::open(store, &open_sled)?;
         let tree = db.open_tree(TREE)?;
         let warming = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        if prewarm(&dir) {
-            warm_block_index(db.open_tree(BLOCK_INDEX_TREE)?, warming.clone());
-        }
+        let warm_done = if prewarm(&dir) {
+            warm_block_index(db.open_tree(BLOCK_INDEX_TREE)?, warming.clone())
+        } else {
+            None
+        };
         let flusher = Flusher {
             db: db.clone(),
             dir,
@@ -101,6 +111,7 @@ impl Meta {
             overlay: BTreeMap::new(),
             flusher,
             warming,
+            warm_done,
         };
         meta.build_read_index()?;
         Ok(meta)
@@ -513,11 +524,16 @@ const SLED_CACHE_BYTES: u64 = 64 << 20;
 /// that one pass in key order parses once for all. The thread runs at idle priority
 /// (`SCHED_IDLE`): right after a mount the reads it is meant to speed up compete with it
 /// for the CPU, and on two cores it took a fifth of a cold sequential read's time.
-fn warm_block_index(tree: sled::Tree, go_on: Arc<std::sync::atomic::AtomicBool>) {
-    let _ = std::thread::Builder::new()
+fn warm_block_index(
+    tree: sled::Tree,
+    go_on: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::sync::mpsc::Receiver<()>> {
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
         .name("strata-warm".into())
         .spawn(move || {
-            // SAFETY: sched_setscheduler reads the struct it is given; pid 0 is this thread.
+            let _done = done; // dropped at the end: the receiver sees the disconnect
+                              // SAFETY: sched_setscheduler reads the struct it is given; pid 0 is this thread.
             unsafe {
                 let param = libc::sched_param { sched_priority: 0 };
                 libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
@@ -536,6 +552,7 @@ fn warm_block_index(tree: sled::Tree, go_on: Arc<std::sync::atomic::AtomicBool>)
             }
             tracing::debug!(bytes, "block index warmed");
         });
+    spawned.ok().map(|_| done_rx)
 }
 
 /// Opens sled. Our own store lock is already held, so a sled lock held elsewhere can
