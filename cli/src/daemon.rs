@@ -343,6 +343,7 @@ fn start(
     );
     let (_, store) = store::open(&store_path)?;
     store.wait_for_warm_up(WARM_UP_WAIT);
+    store.set_defrag_hot_secs(crate::ops::defrag_hot_secs());
     let daemon = Daemon::new(store, store_path, threads);
     let server = Server::start(&daemon)?;
     if let Err(err) = daemon.mount(&mount_point, target, None) {

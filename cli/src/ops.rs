@@ -40,6 +40,17 @@ pub fn flatten_batch() -> usize {
         .unwrap_or(strata_snapshot::DEFAULT_BATCH_RECORDS)
 }
 
+/// Seconds after its last change before a read may have a file laid out again
+/// (defragmentation on read): `STRATA_DEFRAG_HOT_SECS` if set (tests use 0), else the
+/// model's default.
+pub fn defrag_hot_secs() -> i64 {
+    std::env::var("STRATA_DEFRAG_HOT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 0)
+        .unwrap_or(strata_snapshot::DEFRAG_HOT_SECS)
+}
+
 /// Bytes of copies a defrag makes durable at a time: `STRATA_DEFRAG_GROUP` if set (tests
 /// use small groups to interrupt a run between commits), else the model's default.
 pub fn defrag_group() -> u64 {

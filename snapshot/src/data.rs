@@ -308,7 +308,7 @@ impl Volume {
         ));
         let mut out = Vec::with_capacity((end - offset) as usize);
         let (blocks, runs) = self.blocks.get_many_runs(&ids);
-        self.note_layout(&ids, runs);
+        self.note_layout(&ids, runs, rec.ctime);
         let mut blocks = blocks.into_iter();
         for (piece, n) in pieces {
             match piece {

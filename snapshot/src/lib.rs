@@ -45,7 +45,7 @@ pub use defrag::{
     DefragReport, DEFAULT_GROUP_BYTES as DEFRAG_GROUP_BYTES,
     MIN_AVERAGE_RUN as DEFRAG_MIN_AVERAGE_RUN,
 };
-pub use defrag_on_read::RelocatedReport;
+pub use defrag_on_read::{RelocatedReport, HOT_SECS as DEFRAG_HOT_SECS};
 pub use diff::{DiffEntry, HistoryEntry};
 pub use durable::dir_bytes as disk_bytes;
 pub use error::{Error, Result};

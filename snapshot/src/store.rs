@@ -109,6 +109,8 @@ pub struct Store {
     /// Blocks long reads found scattered, for the daemon to lay out again
     /// (`defrag_on_read`).
     pub(crate) relocation: Mutex<crate::defrag_on_read::RelocationQueue>,
+    /// Files changed less than this many seconds ago are not queued.
+    pub(crate) hot_secs: std::sync::atomic::AtomicI64,
     _lock: StoreLock,
 }
 
@@ -281,6 +283,7 @@ impl Store {
             stop: AtomicBool::new(false),
             flatten_wanted: AtomicBool::new(false),
             relocation: Mutex::default(),
+            hot_secs: std::sync::atomic::AtomicI64::new(crate::defrag_on_read::HOT_SECS),
             _lock: lock,
         });
         store.lock().refresh_heads()?;

@@ -9,8 +9,8 @@
 //!   as in the crash test;
 //! - defragmentation on read: reading the scattered live file through a mount has the
 //!   daemon lay it out (by the unmount at the latest); reading it again queues nothing,
-//!   reading a snapshot or the file with `defrag_on_read = false` queues nothing, and
-//!   every tree reads back what it held.
+//!   nor does reading a snapshot, the file just after it was written, or the file with
+//!   `defrag_on_read = false`; every tree reads back what it held.
 //!
 //! The other tests switch `defrag_on_read` off: reading the trees back would lay the
 //! file out.
@@ -26,7 +26,7 @@ use serde_json::Value;
 use strata_tests::cli::{env_u64, ok, s};
 use strata_tests::data::{checksum, random_bytes, Rng};
 use strata_tests::trees::{all_sums, copy_tree};
-use strata_tests::{strata_bin, TestStore};
+use strata_tests::{strata_bin, Mount, TestStore};
 
 const BS: usize = 32 << 10;
 
@@ -194,26 +194,41 @@ fn laid_out(ts: &TestStore) -> u64 {
         .sum()
 }
 
+/// Mounts with a daemon that treats every file as cold (no wait after a change).
+fn mount_cold(ts: &TestStore) -> Mount<'_> {
+    ts.mount_env(&[("STRATA_DEFRAG_HOT_SECS", "0".as_ref())])
+}
+
 #[test]
 fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     const BLOCKS: usize = 512; // 16 MiB
     let ts = TestStore::new();
     ts.set_defrag_on_read(false);
     let names = scattered(&ts, BLOCKS, 8, 9);
-    // Switched off, reading every tree back (whole files, sequentially) moves nothing.
+    // Just written, the file is hot: with the default wait, reading it moves nothing.
+    ts.set_defrag_on_read(true);
     let expected = all_sums(&ts, &names);
+    assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
+    // Switched off, reading it moves nothing either (the wait set to 0 below).
+    ts.set_defrag_on_read(false);
+    let m = mount_cold(&ts);
+    assert_eq!(
+        checksum(&fs::read(m.path("f")).unwrap()),
+        expected["(live)"]["f"]
+    );
+    m.unmount();
     assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
 
     ts.set_defrag_on_read(true);
     // Reading a snapshot queues nothing: snapshots keep the layout they were written with.
-    let m = ts.mount();
+    let m = mount_cold(&ts);
     let snap = fs::read(m.path(".snapshots/s8/f")).unwrap();
     assert_eq!(checksum(&snap), expected["s8"]["f"]);
     m.unmount();
     assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
 
     // Reading the live file does; the last unmount waits until it is laid out.
-    let m = ts.mount();
+    let m = mount_cold(&ts);
     let live = fs::read(m.path("f")).unwrap();
     assert_eq!(checksum(&live), expected["(live)"]["f"]);
     m.unmount();
@@ -225,7 +240,7 @@ fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     );
 
     // Laid out, it reads in runs: reading it again queues nothing.
-    let m = ts.mount();
+    let m = mount_cold(&ts);
     assert_eq!(
         checksum(&fs::read(m.path("f")).unwrap()),
         expected["(live)"]["f"]
