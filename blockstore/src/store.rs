@@ -179,7 +179,8 @@ impl BlockStore {
     }
 
     /// `get_many`, and in how many contiguous runs the stored records of `ids` lie in
-    /// that order (as `runs` counts them, from the same lookups).
+    /// that order, from the same lookups (as `runs` counts them, except that a repeated
+    /// id counts each time: this is the order the read fetches).
     pub fn get_many_runs(&self, ids: &[BlockId]) -> (Vec<Result<Vec<u8>>>, u64) {
         let locs: Vec<Result<Option<Location>>> = ids.iter().map(|id| self.location(id)).collect();
         let found: Vec<&Location> = locs.iter().flatten().flatten().collect();

@@ -27,7 +27,6 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use strata_blockstore::BlockId;
 
 use crate::error::Result;
@@ -60,13 +59,12 @@ pub(crate) struct RelocationQueue {
 }
 
 /// What one `Store::relocate_queued` did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RelocatedReport {
     pub blocks_moved: u64,
     pub bytes_moved: u64,
     /// Damaged records left where they are, or why the queue was dropped.
     pub problems: Vec<String>,
-    pub took_ms: u64,
 }
 
 impl Volume {
@@ -143,7 +141,6 @@ impl Store {
     }
 
     fn relocate_blocks(&self, ids: Vec<BlockId>) -> Result<RelocatedReport> {
-        let started = std::time::Instant::now();
         let mut report = RelocatedReport::default();
         if ids.is_empty() {
             return Ok(report);
@@ -166,7 +163,6 @@ impl Store {
         report.blocks_moved = stats.blocks_moved;
         report.bytes_moved = stats.bytes_moved;
         report.problems = stats.problems;
-        report.took_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }
 }

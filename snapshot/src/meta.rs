@@ -532,8 +532,9 @@ fn warm_block_index(
     let spawned = std::thread::Builder::new()
         .name("strata-warm".into())
         .spawn(move || {
-            let _done = done; // dropped at the end: the receiver sees the disconnect
-                              // SAFETY: sched_setscheduler reads the struct it is given; pid 0 is this thread.
+            // Dropped at the end: the receiver sees the disconnect.
+            let _done = done;
+            // SAFETY: sched_setscheduler reads the struct it is given; pid 0 is this thread.
             unsafe {
                 let param = libc::sched_param { sched_priority: 0 };
                 libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);

@@ -42,30 +42,13 @@ fn contents(s: &Arc<Store>, ino: InodeNo, snaps: &[String]) -> Vec<Vec<u8>> {
 #[test]
 fn a_scattered_file_is_laid_out_in_one_run_and_every_tree_reads_the_same() {
     let (dir, s) = new_store();
+    let (ino, snaps) = scattered(&s);
     let main = s.main();
-    let ino = main
-        .mknod(InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, CTX)
-        .unwrap()
-        .ino;
     let small = main
         .mknod(InodeNo::ROOT, b"small", libc::S_IFREG | 0o644, 0, CTX)
         .unwrap()
         .ino;
     main.write(small, 0, b"one block only").unwrap();
-    for i in 0..BLOCKS {
-        main.write(ino, i * BS as u64, &block(i, 0)).unwrap();
-    }
-    s.sync().unwrap();
-    let mut snaps = Vec::new();
-    for round in 1..=6u64 {
-        snaps.push(format!("s{round}"));
-        s.snapshot_create(MAIN_BRANCH, snaps.last().unwrap())
-            .unwrap();
-        for i in (round % 3..BLOCKS).step_by(2 + round as usize) {
-            main.write(ino, i * BS as u64, &block(i, round)).unwrap();
-        }
-        s.sync().unwrap();
-    }
     let before = contents(&s, ino, &snaps);
 
     let mut seen = Vec::new();
@@ -101,7 +84,8 @@ fn a_scattered_file_is_laid_out_in_one_run_and_every_tree_reads_the_same() {
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
 }
 
-/// The file of the test above, scattered over 6 snapshots; the snapshot names.
+/// A file of `BLOCKS` blocks scattered by rewrites over 6 snapshots; its inode and the
+/// snapshot names.
 fn scattered(s: &Arc<Store>) -> (InodeNo, Vec<String>) {
     let main = s.main();
     let ino = main
