@@ -35,6 +35,11 @@ pub struct StoreConfig {
     /// out again (docs/packs.md, "Defragmentation on read").
     #[serde(default = "default_true")]
     pub defrag_on_read: bool,
+    /// Ranges of live files that commits rewrote have the daemon lay them out again once
+    /// the file cooled, when copy-on-write scattered them (docs/packs.md,
+    /// "Defragmentation of rewritten files").
+    #[serde(default = "default_true")]
+    pub defrag_rewritten: bool,
 }
 
 fn default_true() -> bool {
@@ -58,6 +63,7 @@ impl StoreConfig {
             auto_snapshot_every: None,
             auto_snapshot_keep: None,
             defrag_on_read: true,
+            defrag_rewritten: true,
         })
     }
 

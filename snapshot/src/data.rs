@@ -506,6 +506,8 @@ impl Store {
         // ((gen, ino), idx, data trimmed at end of file)
         let mut items: Vec<((GenerationId, InodeNo), u64, &[u8])> = Vec::new();
         let mut holes: Vec<((GenerationId, InodeNo), u64)> = Vec::new();
+        // Files too small to have a range worth laying out (`defrag_rewritten.rs`).
+        let mut small: std::collections::HashSet<(GenerationId, InodeNo)> = Default::default();
         for (key @ (gen, ino), d) in &dirty {
             let view = match st.heads.values().find(|v| v.gen == *gen) {
                 Some(v) => v.clone(),
@@ -521,6 +523,9 @@ impl Store {
                     return Err(e);
                 }
             };
+            if size < crate::defrag_on_read::MIN_READ_BYTES {
+                small.insert(*key);
+            }
             for (idx, buf) in &d.blocks {
                 let start = idx * bs;
                 if start >= size {
@@ -553,6 +558,9 @@ impl Store {
             st.meta.set_view(&self.head_view(st, *gen));
             st.meta.put(&keys::block(*ino, *idx), &id.0);
         }
+        if self.config.defrag_rewritten {
+            self.note_sealed(st, &items, &small);
+        }
         // Holes: drop any older record; the buffered block no longer counts.
         let mut recs: std::collections::BTreeMap<(GenerationId, InodeNo), InodeRecord> =
             Default::default();
@@ -572,6 +580,26 @@ impl Store {
             st.save_inode(ino, &rec);
         }
         Ok(())
+    }
+
+    /// Tells defragmentation of rewritten files which blocks of which files (but the
+    /// `small` ones) of which branch the commit wrote.
+    fn note_sealed(
+        &self,
+        st: &State,
+        items: &[((GenerationId, InodeNo), u64, &[u8])],
+        small: &std::collections::HashSet<(GenerationId, InodeNo)>,
+    ) {
+        let mut by_file: std::collections::BTreeMap<(GenerationId, InodeNo), Vec<u64>> =
+            Default::default();
+        for (key, idx, _) in items.iter().filter(|(key, _, _)| !small.contains(key)) {
+            by_file.entry(*key).or_default().push(*idx);
+        }
+        for ((gen, ino), idxs) in by_file {
+            if let Some((branch, _)) = st.heads.iter().find(|(_, v)| v.gen == gen) {
+                self.note_rewritten(branch, ino, &idxs);
+            }
+        }
     }
 
     /// The view of the live generation `gen` (which has buffered data, so heads a branch).

@@ -52,10 +52,12 @@ pub const STEP_BYTES: u64 = 16 << 20;
 /// Blocks waiting to be relocated, in the order reads found them.
 #[derive(Default)]
 pub(crate) struct RelocationQueue {
-    ids: Vec<BlockId>,
-    queued: HashSet<BlockId>,
-    /// When a read last queued blocks.
-    last: Option<Instant>,
+    pub(crate) ids: Vec<BlockId>,
+    pub(crate) queued: HashSet<BlockId>,
+    /// When blocks were last queued.
+    pub(crate) last: Option<Instant>,
+    /// Ranges commits rewrote, not looked at yet (`defrag_rewritten.rs`).
+    pub(crate) rewritten: crate::defrag_rewritten::Rewritten,
 }
 
 /// What one `Store::relocate_queued` did.

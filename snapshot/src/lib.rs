@@ -18,6 +18,7 @@ mod config;
 mod data;
 mod defrag;
 mod defrag_on_read;
+mod defrag_rewritten;
 mod diff;
 mod durable;
 mod error;

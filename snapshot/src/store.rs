@@ -9,8 +9,9 @@
 //! else held) before `gc_fence` before `state` before the blockstore's internal locks;
 //! nothing takes `state` while holding a blockstore lock, nor `gc_fence` while holding
 //! `state`. A gc's sweep holds no lock of this layer but `gc_fence`, briefly, around each
-//! pack deletion. `relocation` (the queue of defragmentation on read) is a leaf: held
-//! only to push or take ids, with or without `gc_fence`, never while taking another.
+//! pack deletion. `relocation` (the queue of defragmentation on read, and the ranges
+//! commits rewrote) is a leaf: held only to push or take ids and ranges, with or
+//! without `gc_fence` or `state`, never while taking another.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

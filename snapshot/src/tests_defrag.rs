@@ -185,3 +185,97 @@ fn with_defrag_on_read_off_a_scattered_file_is_not_queued() {
     assert!(!s.relocation_ready(Duration::ZERO));
     assert!(runs(&s, ino) > 10);
 }
+
+#[test]
+fn rewritten_ranges_found_scattered_are_queued_once_the_file_cooled() {
+    use std::time::Duration;
+    let (dir, s) = new_store();
+    let (ino, snaps) = scattered(&s);
+    let before = contents(&s, ino, &snaps);
+    // Just rewritten, the file is hot: nothing is queued yet.
+    assert_eq!(s.queue_rewritten(false).unwrap(), 0);
+    assert!(!s.relocation_ready(Duration::ZERO));
+    // Cooled (no wait in this test): both ranges the commits wrote (1 MiB and 512 KiB)
+    // are found scattered and queued, once.
+    s.set_defrag_hot_secs(0);
+    assert_eq!(s.queue_rewritten(false).unwrap(), BLOCKS);
+    assert_eq!(s.queue_rewritten(true).unwrap(), 0);
+    let (report, more) = s.relocate_queued().unwrap();
+    assert!(!more, "{report:?}");
+    assert_eq!(report.blocks_moved, BLOCKS, "{report:?}");
+    assert_eq!(runs(&s, ino), 1);
+    assert_eq!(contents(&s, ino, &snaps), before);
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+    // A file written whole by one commit lies in one run: looked at, left alone.
+    let main = s.main();
+    let g = main
+        .mknod(InodeNo::ROOT, b"g", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap()
+        .ino;
+    for i in 0..BLOCKS {
+        main.write(g, i * BS as u64, &block(i, 9)).unwrap();
+    }
+    s.sync().unwrap();
+    assert_eq!(s.queue_rewritten(true).unwrap(), 0);
+    assert!(!s.relocation_ready(Duration::ZERO));
+    drop(main);
+    let s = reopen(&dir, s);
+    assert_eq!(contents(&s, ino, &snaps), before);
+}
+
+#[test]
+fn the_blocks_queued_for_rewritten_files_stay_within_what_commits_wrote() {
+    let (dir, s) = new_store();
+    let (ino, snaps) = scattered(&s);
+    // Opened again, the store has written nothing yet.
+    let s = reopen(&dir, s);
+    let main = s.main();
+    let live = read_all(&main, ino); // hot: the read queues nothing
+    s.set_defrag_hot_secs(0);
+    assert!(!s.relocation_ready(std::time::Duration::ZERO));
+    let rewrite = |i: u64| {
+        let at = (i * BS as u64) as usize;
+        main.write(ino, i * BS as u64, &live[at..at + BS as usize])
+            .unwrap();
+    };
+    // One block of each range, with the bytes it holds: 2 blocks written, so 2 blocks of
+    // budget, less than a range; nothing is queued, the ranges wait.
+    rewrite(0);
+    rewrite(BLOCKS - 1);
+    s.sync().unwrap();
+    assert_eq!(s.queue_rewritten(true).unwrap(), 0);
+    // Every block rewritten the same way: now the budget covers both ranges.
+    for i in 0..BLOCKS {
+        rewrite(i);
+    }
+    s.sync().unwrap();
+    assert_eq!(s.queue_rewritten(true).unwrap(), BLOCKS);
+    s.relocate_queued().unwrap();
+    assert_eq!(runs(&s, ino), 1);
+    assert_eq!(read_all(&main, ino), live);
+    let snap = s
+        .volume(VolumeKind::Snapshot(s.snapshot_gen(&snaps[0]).unwrap()))
+        .unwrap();
+    assert_eq!(read_all(&snap, ino).len(), live.len());
+    assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
+}
+
+#[test]
+fn with_defrag_rewritten_off_rewrites_are_not_looked_at() {
+    let (dir, s) = new_store();
+    s.close().unwrap();
+    drop(s);
+    let toml = dir.path().join("store/strata.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    assert!(text.contains("defrag_rewritten = true"), "{text}");
+    std::fs::write(
+        &toml,
+        text.replace("defrag_rewritten = true", "defrag_rewritten = false"),
+    )
+    .unwrap();
+    let s = Store::open(&dir.path().join("store")).unwrap();
+    s.set_defrag_hot_secs(0);
+    let (ino, _) = scattered(&s);
+    assert_eq!(s.queue_rewritten(true).unwrap(), 0);
+    assert!(runs(&s, ino) > 10);
+}

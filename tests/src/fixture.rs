@@ -171,15 +171,13 @@ impl TestStore {
         );
     }
 
-    /// Sets `defrag_on_read` in STORE/strata.toml (read at the next mount): tests that
-    /// measure a scattered layout switch it off, so reading the files back does not lay
-    /// them out.
-    pub fn set_defrag_on_read(&self, on: bool) {
+    /// Sets top-level `key = value` in STORE/strata.toml (read at the next mount).
+    pub fn set_config(&self, key: &str, value: &str) {
         let path = self.store.join("strata.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let mut lines: Vec<String> = text
             .lines()
-            .filter(|l| !l.trim_start().starts_with("defrag_on_read"))
+            .filter(|l| l.split('=').next().map(str::trim) != Some(key))
             .map(str::to_string)
             .collect();
         // Top-level keys go before any table.
@@ -187,8 +185,16 @@ impl TestStore {
             .iter()
             .position(|l| l.trim_start().starts_with('['))
             .unwrap_or(lines.len());
-        lines.insert(at, format!("defrag_on_read = {on}"));
+        lines.insert(at, format!("{key} = {value}"));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// Sets `defrag_on_read` and `defrag_rewritten` in STORE/strata.toml: tests that
+    /// measure a scattered layout switch both off, so neither reading the files back nor
+    /// the unmount after rewriting them lays them out.
+    pub fn set_auto_defrag(&self, on_read: bool, rewritten: bool) {
+        self.set_config("defrag_on_read", &on_read.to_string());
+        self.set_config("defrag_rewritten", &rewritten.to_string());
     }
 
     /// The last `lines` lines of STORE/daemon.log.

@@ -39,13 +39,20 @@ fn defrag_json(target: &str) -> Value {
 
 /// A store with `blocks` blocks of file `f`, written whole and snapshotted as `s0`, then
 /// `rounds` times: a tenth of its blocks rewritten at random, fsync, snapshot `sN`.
-/// Returns the snapshot names.
-fn scattered(ts: &TestStore, blocks: usize, rounds: u64, seed: u64) -> Vec<String> {
+/// Returns the snapshot names, and the checksum of `f` in each (and as "(live)").
+fn scattered(
+    ts: &TestStore,
+    blocks: usize,
+    rounds: u64,
+    seed: u64,
+) -> (Vec<String>, BTreeMap<String, String>) {
     let store = s(&ts.store);
     let m = ts.mount();
-    fs::write(m.path("f"), random_bytes(seed, blocks * BS)).unwrap();
+    let mut content = random_bytes(seed, blocks * BS);
+    fs::write(m.path("f"), &content).unwrap();
     fs::write(m.path("g"), b"a small file").unwrap();
     let mut names = vec!["s0".to_string()];
+    let mut sums = BTreeMap::from([("s0".to_string(), checksum(&content))]);
     ok(&["snapshot", "create", store, "s0"]);
     let mut rng = Rng::new(seed);
     let file = fs::OpenOptions::new()
@@ -57,22 +64,25 @@ fn scattered(ts: &TestStore, blocks: usize, rounds: u64, seed: u64) -> Vec<Strin
             let i = rng.range(0, blocks as u64);
             let data = random_bytes(seed + round * 100_000 + i, BS);
             file.write_all_at(&data, i * BS as u64).unwrap();
+            content[i as usize * BS..(i as usize + 1) * BS].copy_from_slice(&data);
         }
         file.sync_all().unwrap();
         names.push(format!("s{round}"));
+        sums.insert(names.last().unwrap().clone(), checksum(&content));
         ok(&["snapshot", "create", store, names.last().unwrap()]);
     }
     drop(file);
     m.unmount();
-    names
+    sums.insert("(live)".to_string(), checksum(&content));
+    (names, sums)
 }
 
 #[test]
 fn defrag_lays_a_scattered_file_out_and_every_tree_reads_the_same() {
     const BLOCKS: usize = 512; // 16 MiB
     let ts = TestStore::new();
-    ts.set_defrag_on_read(false);
-    let names = scattered(&ts, BLOCKS, 8, 7);
+    ts.set_auto_defrag(false, false);
+    let (names, _) = scattered(&ts, BLOCKS, 8, 7);
     let expected = all_sums(&ts, &names);
 
     let m = ts.mount();
@@ -121,8 +131,8 @@ fn kill_9_during_defrag_loses_nothing() {
     eprintln!("defrag crash test: {runs} runs, STRATA_CRASH_SEED={seed}");
     let mut rng = Rng::new(seed);
     let template = TestStore::new();
-    template.set_defrag_on_read(false);
-    let names = scattered(&template, BLOCKS, 6, 11);
+    template.set_auto_defrag(false, false);
+    let (names, _) = scattered(&template, BLOCKS, 6, 11);
     let expected: BTreeMap<_, _> = all_sums(&template, &names);
     let copy = || {
         let ts = TestStore::uninitialized();
@@ -203,14 +213,14 @@ fn mount_cold(ts: &TestStore) -> Mount<'_> {
 fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     const BLOCKS: usize = 512; // 16 MiB
     let ts = TestStore::new();
-    ts.set_defrag_on_read(false);
-    let names = scattered(&ts, BLOCKS, 8, 9);
+    ts.set_auto_defrag(false, false);
+    let (names, _) = scattered(&ts, BLOCKS, 8, 9);
     // Just written, the file is hot: with the default wait, reading it moves nothing.
-    ts.set_defrag_on_read(true);
+    ts.set_auto_defrag(true, false);
     let expected = all_sums(&ts, &names);
     assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
     // Switched off, reading it moves nothing either (the wait set to 0 below).
-    ts.set_defrag_on_read(false);
+    ts.set_auto_defrag(false, false);
     let m = mount_cold(&ts);
     assert_eq!(
         checksum(&fs::read(m.path("f")).unwrap()),
@@ -219,7 +229,7 @@ fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     m.unmount();
     assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
 
-    ts.set_defrag_on_read(true);
+    ts.set_auto_defrag(true, false);
     // Reading a snapshot queues nothing: snapshots keep the layout they were written with.
     let m = mount_cold(&ts);
     let snap = fs::read(m.path(".snapshots/s8/f")).unwrap();
@@ -248,7 +258,7 @@ fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     m.unmount();
     assert_eq!(laid_out(&ts), moved, "{}", ts.daemon_log_tail(20));
 
-    ts.set_defrag_on_read(false);
+    ts.set_auto_defrag(false, false);
     assert_eq!(all_sums(&ts, &names), expected);
     ts.assert_verify_clean();
     // The old copies are garbage that gc frees.
@@ -259,4 +269,81 @@ fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     );
     assert_eq!(all_sums(&ts, &names), expected);
     ts.assert_verify_clean();
+}
+
+/// The checksum of `f` in the live tree and in each of `names`, read through a mount.
+fn f_sums(ts: &TestStore, names: &[String]) -> BTreeMap<String, String> {
+    all_sums(ts, names)
+        .into_iter()
+        .map(|(tree, files)| (tree, files["f"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_file_rewritten_until_the_unmount_is_laid_out_by_it() {
+    const BLOCKS: usize = 512; // 16 MiB
+    let ts = TestStore::new();
+    ts.set_auto_defrag(false, true);
+    // The rewrites scatter `f`; the unmount that ends `scattered` lays it out, hot as
+    // it is: no write can follow.
+    let (names, sums) = scattered(&ts, BLOCKS, 8, 13);
+    let moved = laid_out(&ts);
+    assert!(
+        moved >= BLOCKS as u64 / 2,
+        "{moved} blocks laid out:\n{}",
+        ts.daemon_log_tail(20)
+    );
+    assert_eq!(f_sums(&ts, &names), sums);
+    ts.assert_verify_clean();
+    // It lies in runs now: `strata defrag` finds nothing to do, and a mount that wrote
+    // nothing lays out nothing more.
+    let report = defrag_json(s(&ts.store));
+    assert_eq!(report["files_defragmented"], 0, "{report}");
+    assert_eq!(laid_out(&ts), moved, "{}", ts.daemon_log_tail(20));
+    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
+    assert!(
+        gc["freed_bytes"].as_u64().unwrap() >= moved * BS as u64 / 2,
+        "gc after laying out {moved} blocks: {gc}"
+    );
+    assert_eq!(f_sums(&ts, &names), sums);
+    ts.assert_verify_clean();
+}
+
+#[test]
+fn a_rewritten_file_that_cooled_is_laid_out_while_mounted() {
+    const BLOCKS: usize = 512; // 16 MiB
+    let ts = TestStore::new();
+    ts.set_auto_defrag(false, false);
+    let (names, sums) = scattered(&ts, BLOCKS, 8, 17);
+    assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
+    ts.set_auto_defrag(false, true);
+    // Every block rewritten with the bytes it holds: the content stays, the commit
+    // wrote every range of the file (and so gives the budget the whole file).
+    let m = mount_cold(&ts);
+    let content = fs::read(m.path("f")).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    file.write_all_at(&content, 0).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    // Cool at once (no wait in this test): the daemon lays it out while mounted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while laid_out(&ts) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved = laid_out(&ts);
+    assert!(
+        moved >= BLOCKS as u64 / 2,
+        "{moved} blocks laid out while mounted:\n{}",
+        ts.daemon_log_tail(20)
+    );
+    assert_eq!(checksum(&fs::read(m.path("f")).unwrap()), sums["(live)"]);
+    m.unmount();
+    assert_eq!(laid_out(&ts), moved, "{}", ts.daemon_log_tail(20));
+    assert_eq!(f_sums(&ts, &names), sums);
+    ts.assert_verify_clean();
+    let report = defrag_json(s(&ts.store));
+    assert_eq!(report["files_defragmented"], 0, "{report}");
 }

@@ -89,6 +89,9 @@ fn run(daemon: &Daemon) {
             return; // what reads queued for relocation is laid out by `wait_idle`
         }
         let asked = daemon.maintenance.next();
+        if let Some(_busy) = daemon.begin() {
+            queue_rewritten(daemon, false);
+        }
         if daemon.store.relocation_ready(RELOCATE_QUIET) {
             let Some(_busy) = daemon.begin() else {
                 continue;
@@ -96,7 +99,7 @@ fn run(daemon: &Daemon) {
             relocated += relocate(daemon, RELOCATE_QUIET);
             if relocated >= RELOCATED_GC_BYTES && !daemon.is_closing() {
                 relocated = 0;
-                gc(daemon, "after relocating blocks read scattered");
+                gc(daemon, "after relocating blocks found scattered");
             }
         }
         // The last open file of a deleted snapshot closed: its generation can go now.
@@ -129,6 +132,16 @@ fn gc(daemon: &Daemon, why: &str) {
     }
 }
 
+/// Queues the ranges of rewritten files found scattered: of the files that cooled, or
+/// with `all` of every file (`Store::queue_rewritten`).
+pub(super) fn queue_rewritten(daemon: &Daemon, all: bool) {
+    match daemon.store.queue_rewritten(all) {
+        Ok(0) => {}
+        Ok(n) => info!("queued {n} blocks of rewritten files found scattered"),
+        Err(e) => error!("cannot look at the layout of rewritten files: {e}"),
+    }
+}
+
 /// Relocates what reads queued, step by step until the queue is empty or reads queued
 /// more within `quiet` (they go first: the thread comes back once they pause); the
 /// bytes moved.
@@ -140,21 +153,21 @@ pub(super) fn relocate(daemon: &Daemon, quiet: Duration) -> u64 {
                 blocks += r.blocks_moved;
                 bytes += r.bytes_moved;
                 for p in &r.problems {
-                    warn!("laying out blocks read scattered: {p}");
+                    warn!("laying out blocks found scattered: {p}");
                 }
                 if !more {
                     break;
                 }
             }
             Err(e) => {
-                error!("laying out blocks read scattered failed: {e}");
+                error!("laying out blocks found scattered failed: {e}");
                 break;
             }
         }
     }
     if blocks > 0 {
         info!(
-            "laid out again: {blocks} blocks read scattered ({bytes} bytes) in {} ms",
+            "laid out again: {blocks} blocks found scattered ({bytes} bytes) in {} ms",
             started.elapsed().as_millis()
         );
     }

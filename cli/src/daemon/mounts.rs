@@ -297,14 +297,27 @@ impl Daemon {
         }
     }
 
-    /// Blocks until no mount is left and no request is running, lays out what reads
-    /// queued for relocation (at most `strata_snapshot` `QUEUE_BYTES`: the last unmount
-    /// waits for it), then marks the daemon closing. Returns the errors mounts ended with.
+    /// Blocks until no mount is left and no request is running, queues the ranges of
+    /// rewritten files found scattered and lays out what is queued for relocation (at
+    /// most `strata_snapshot` `QUEUE_BYTES`: the last unmount waits for it), then marks
+    /// the daemon closing. Returns the errors mounts ended with.
     pub fn wait_idle(&self) -> Vec<String> {
+        let mut looked = false;
         loop {
             let mut table = self.lock();
             while !(table.mounts.is_empty() && table.busy == 0) {
                 table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+            }
+            if !looked {
+                // No write follows: the ranges rewritten files left scattered are queued
+                // now, hot or not (once; what the queue cannot take is forgotten).
+                looked = true;
+                table.busy += 1;
+                let busy = Busy { daemon: self };
+                drop(table);
+                super::maintenance::queue_rewritten(self, true);
+                drop(busy);
+                continue;
             }
             if !self.store.relocation_ready(std::time::Duration::ZERO) {
                 table.closing = true;
