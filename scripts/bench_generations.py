@@ -62,7 +62,7 @@ FILE_MIB = int(E.get("BENCH_GEN_FILE_MIB", "256"))
 COUNT = int(E.get("BENCH_GEN_COUNT", "1000"))
 REWRITE_PCT = float(E.get("BENCH_GEN_REWRITE_PCT", "1"))
 RANDOM_READS = int(E.get("BENCH_GEN_RANDOM_READS", "2000"))
-REPEAT = int(E.get("BENCH_GEN_REPEAT", "3"))
+REPEAT = int(E.get("BENCH_GEN_REPEAT", "5"))
 SEED = int(E.get("BENCH_GEN_SEED", "1"))
 REMOUNT = E.get("BENCH_GEN_REMOUNT", "1") != "0"
 INIT_ARGS = shlex.split(E.get("STRATA_INIT_ARGS", ""))
@@ -250,16 +250,19 @@ class Bench:
 
     def measure(self, baseline=None):
         """Each read REPEAT times, cold. With `baseline` (a copy of the store after
-        generation 1), every read is also made on it just before, on the same mount
-        point, so both figures of a ratio come from the same minutes of this disk."""
+        generation 1), every read is also made on it just before or just after (each
+        first in turn), on the same mount point, so both figures of a pair come from the
+        same minute of this disk; the report's ratio is the median of the pairs' ratios."""
         paths = {"live": self.file, "oldest": f"{self.mnt}/.snapshots/g0000/file"}
         names = [f"{t}-{k}" for t in paths for k in ("seq", "rand")]
         stores = ([baseline] if baseline else []) + [self.store]
         runs = {(st, n): [] for st in stores for n in names}
-        for _ in range(REPEAT):
+        for rep in range(REPEAT):
             for name in names:
                 target, kind = name.split("-")
-                for st in stores:
+                # Each store goes first every other time: the read just after the other
+                # store's unmount may be slower or faster for it.
+                for st in stores if rep % 2 == 0 else stores[::-1]:
                     self.cold(st)
                     pid, cpu0 = daemon_cpu(st)
                     if kind == "seq":
