@@ -241,6 +241,8 @@ impl Volume {
         let now = Timestamp::now();
         rec.mtime = now;
         rec.ctime = now;
+        self.last_write_ms
+            .store(now.millis(), std::sync::atomic::Ordering::Relaxed);
         st.save_inode(ino, &rec);
         crate::split_writes::note_write(&mut st, ino, offset, end);
         self.after_dirtying(&mut st)?;

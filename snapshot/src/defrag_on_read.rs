@@ -18,7 +18,8 @@
 //! only while the store's config has `defrag_on_read`.
 //! The queue holds at most `QUEUE_BYTES` of blocks (a read that finds it full queues
 //! nothing; a later read queues its range again) and each block once; it is relocated in
-//! steps of `STEP_BYTES` once reads stopped queueing for a moment. It lives in memory: a
+//! steps of `STEP_BYTES` once reads stopped queueing and writes stopped coming for a
+//! moment. It lives in memory: a
 //! daemon whose last mount ends lays out what is queued before it stops (so an unmount
 //! waits for at most `QUEUE_BYTES` of copies); a crash forgets it. A step needs free space
 //! for its copies besides the write reserve; without it the whole queue is dropped.
@@ -105,9 +106,14 @@ impl Store {
         self.hot_secs.store(secs, Ordering::Relaxed);
     }
 
-    /// Whether blocks are queued for relocation and no read queued more for `quiet`:
-    /// relocating beside the reads that find scattered blocks would slow them down.
+    /// Whether blocks are queued for relocation, and neither did a read queue more nor
+    /// did a write come for `quiet`: relocating beside the reads that find scattered
+    /// blocks, or beside writes, would slow them down.
     pub fn relocation_ready(&self, quiet: Duration) -> bool {
+        let written = self.last_write_ms.load(Ordering::Relaxed);
+        if Timestamp::now().millis() - written < quiet.as_millis() as i64 {
+            return false;
+        }
         let q = self.relocation.lock().unwrap_or_else(|p| p.into_inner());
         !q.ids.is_empty() && q.last.is_none_or(|t| t.elapsed() >= quiet)
     }

@@ -35,8 +35,8 @@ use crate::types::InodeNo;
 pub const WINDOW_BYTES: u64 = 1 << 20;
 /// Blocks queued by this module stay under this many times the bytes commits wrote.
 pub const WRITE_BUDGET: u64 = 1;
-/// Ranges waiting to be looked at, at most (16 bytes each, plus the map's own).
-pub const MAX_WINDOWS: usize = 1 << 20;
+/// Ranges waiting to be looked at, at most (256 GiB of files; a few MiB of memory).
+pub const MAX_WINDOWS: usize = 1 << 18;
 
 /// The ranges commits rewrote that have not been looked at yet.
 #[derive(Default)]

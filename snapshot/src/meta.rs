@@ -44,7 +44,7 @@ pub struct Meta {
     view: View,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     flusher: Flusher,
-    /// Tells the background warm-up (`warm_block_index`) to stop: set when this handle
+    /// Tells the background warm-up (`warm_trees`) to stop: set when this handle
     /// goes, so the warm-up never keeps sled (and its lock) open after the store closes.
     warming: Arc<std::sync::atomic::AtomicBool>,
     /// Disconnected when the warm-up ends (`take_warm_done`).
@@ -80,7 +80,7 @@ impl Flusher {
 }
 
 impl Meta {
-    /// The signal of the block-index warm-up's end (a disconnect), once; `None` if no
+    /// The signal of the warm-up's end (a disconnect), once; `None` if no
     /// warm-up runs or it was taken.
     pub(crate) fn take_warm_done(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
         self.warm_done.take()
@@ -92,7 +92,10 @@ impl Meta {
         let tree = db.open_tree(TREE)?;
         let warming = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let warm_done = if prewarm(&dir) {
-            warm_block_index(db.open_tree(BLOCK_INDEX_TREE)?, warming.clone())
+            warm_trees(
+                vec![db.open_tree(BLOCK_INDEX_TREE)?, tree.clone()],
+                warming.clone(),
+            )
         } else {
             None
         };
@@ -519,13 +522,15 @@ fn prewarm(dir: &Path) -> bool {
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 << 20;
 
-/// Loads the block index into sled's own cache, in the background: a file read looks up
-/// each block's id there, at random places of the tree, so a cold lookup parses a page
-/// that one pass in key order parses once for all. The thread runs at idle priority
-/// (`SCHED_IDLE`): right after a mount the reads it is meant to speed up compete with it
-/// for the CPU, and on two cores it took a fifth of a cold sequential read's time.
-fn warm_block_index(
-    tree: sled::Tree,
+/// Loads the block index, then the metadata tree, into sled's own cache, in the
+/// background: a file read looks up its block map and each block's id at random places
+/// of the trees, so a cold lookup parses a page that one pass in key order parses once
+/// for all (after 1000 generations, cold random reads cost the daemon ~40% more CPU each
+/// until the pages they touch were parsed; BENCHMARKS.md). The thread runs at idle
+/// priority (`SCHED_IDLE`): right after a mount the reads it is meant to speed up compete
+/// with it for the CPU, and on two cores it took a fifth of a cold sequential read's time.
+fn warm_trees(
+    trees: Vec<sled::Tree>,
     go_on: Arc<std::sync::atomic::AtomicBool>,
 ) -> Option<std::sync::mpsc::Receiver<()>> {
     let (done, done_rx) = std::sync::mpsc::channel::<()>();
@@ -541,17 +546,19 @@ fn warm_block_index(
             }
             // Half of sled's cache at most: beyond it, warming would evict itself.
             let mut bytes = 0usize;
-            for item in tree.iter() {
-                let Ok((k, v)) = item else { break };
-                if !go_on.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                bytes += k.len() + v.len();
-                if bytes > SLED_CACHE_BYTES as usize / 2 {
-                    break;
+            'trees: for tree in trees {
+                for item in tree.iter() {
+                    let Ok((k, v)) = item else { break };
+                    if !go_on.load(std::sync::atomic::Ordering::Relaxed) {
+                        break 'trees;
+                    }
+                    bytes += k.len() + v.len();
+                    if bytes > SLED_CACHE_BYTES as usize / 2 {
+                        break 'trees;
+                    }
                 }
             }
-            tracing::debug!(bytes, "block index warmed");
+            tracing::debug!(bytes, "block index and metadata warmed");
         });
     spawned.ok().map(|_| done_rx)
 }

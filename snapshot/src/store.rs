@@ -112,6 +112,8 @@ pub struct Store {
     pub(crate) relocation: Mutex<crate::defrag_on_read::RelocationQueue>,
     /// Files changed less than this many seconds ago are not queued.
     pub(crate) hot_secs: std::sync::atomic::AtomicI64,
+    /// When a write last came (ms since the epoch): relocation waits for a pause.
+    pub(crate) last_write_ms: std::sync::atomic::AtomicI64,
     _lock: StoreLock,
 }
 
@@ -285,6 +287,7 @@ impl Store {
             flatten_wanted: AtomicBool::new(false),
             relocation: Mutex::default(),
             hot_secs: std::sync::atomic::AtomicI64::new(crate::defrag_on_read::HOT_SECS),
+            last_write_ms: std::sync::atomic::AtomicI64::new(0),
             _lock: lock,
         });
         store.lock().refresh_heads()?;
@@ -311,7 +314,7 @@ impl Store {
         tracing::debug!(
             finished,
             waited_ms = started.elapsed().as_millis() as u64,
-            "waited for the block-index warm-up"
+            "waited for the warm-up of the block index and metadata"
         );
     }
 

@@ -200,6 +200,16 @@ fn rewritten_ranges_found_scattered_are_queued_once_the_file_cooled() {
     s.set_defrag_hot_secs(0);
     assert_eq!(s.queue_rewritten(false).unwrap(), BLOCKS);
     assert_eq!(s.queue_rewritten(true).unwrap(), 0);
+    // Relocation waits for a pause in the writes too.
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(s.relocation_ready(Duration::from_millis(100)));
+    let main = s.main();
+    let h = main
+        .mknod(InodeNo::ROOT, b"h", libc::S_IFREG | 0o644, 0, CTX)
+        .unwrap()
+        .ino;
+    main.write(h, 0, b"a write").unwrap();
+    assert!(!s.relocation_ready(Duration::from_millis(100)));
     let (report, more) = s.relocate_queued().unwrap();
     assert!(!more, "{report:?}");
     assert_eq!(report.blocks_moved, BLOCKS, "{report:?}");
@@ -207,7 +217,6 @@ fn rewritten_ranges_found_scattered_are_queued_once_the_file_cooled() {
     assert_eq!(contents(&s, ino, &snaps), before);
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
     // A file written whole by one commit lies in one run: looked at, left alone.
-    let main = s.main();
     let g = main
         .mknod(InodeNo::ROOT, b"g", libc::S_IFREG | 0o644, 0, CTX)
         .unwrap()

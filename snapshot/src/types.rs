@@ -69,6 +69,11 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// Milliseconds since the epoch.
+    pub fn millis(&self) -> i64 {
+        self.secs * 1000 + i64::from(self.nsecs / 1_000_000)
+    }
+
     pub fn now() -> Timestamp {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -24,7 +24,7 @@ use crate::ops::{flatten_batch, FLATTEN_PAUSE};
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// Bytes of blocks relocated after which a gc reclaims their old records.
 const RELOCATED_GC_BYTES: u64 = 1 << 30;
-/// Blocks reads found scattered are relocated once reads queued none for this long.
+/// Queued blocks are relocated once reads queued none, and no write came, for this long.
 const RELOCATE_QUIET: Duration = Duration::from_millis(100);
 /// How often a long flatten logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
