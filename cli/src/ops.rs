@@ -51,6 +51,16 @@ pub fn defrag_hot_secs() -> i64 {
         .unwrap_or(strata_snapshot::DEFRAG_HOT_SECS)
 }
 
+/// Bytes of blocks the daemon lays out again before it runs a gc to free their old
+/// copies: `STRATA_RELOCATED_GC_BYTES` if set (tests use a few MiB), else `default`.
+pub fn relocated_gc_bytes(default: u64) -> u64 {
+    std::env::var("STRATA_RELOCATED_GC_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
 /// Bytes of copies a defrag makes durable at a time: `STRATA_DEFRAG_GROUP` if set (tests
 /// use small groups to interrupt a run between commits), else the model's default.
 pub fn defrag_group() -> u64 {

@@ -12,8 +12,13 @@
 //!   nor does reading a snapshot, the file just after it was written, or the file with
 //!   `defrag_on_read = false`; every tree reads back what it held.
 //!
-//! The other tests switch `defrag_on_read` off: reading the trees back would lay the
-//! file out.
+//! - defragmentation of rewritten files: a file rewritten until the unmount is laid out
+//!   by it (`strata defrag` then finds nothing to do); a file rewritten while mounted is
+//!   laid out once it cooled, and the daemon's gc frees the old copies; every tree reads
+//!   back what it held.
+//!
+//! The other tests switch both off (`set_auto_defrag`): reading the trees back, or the
+//! unmount after the rewrites, would lay the file out.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -318,8 +323,12 @@ fn a_rewritten_file_that_cooled_is_laid_out_while_mounted() {
     assert_eq!(laid_out(&ts), 0, "{}", ts.daemon_log_tail(20));
     ts.set_auto_defrag(false, true);
     // Every block rewritten with the bytes it holds: the content stays, the commit
-    // wrote every range of the file (and so gives the budget the whole file).
-    let m = mount_cold(&ts);
+    // wrote every range of the file (and so gives the budget the whole file). The daemon
+    // runs a gc after 1 MiB laid out here (1 GiB by default).
+    let m = ts.mount_env(&[
+        ("STRATA_DEFRAG_HOT_SECS", "0".as_ref()),
+        ("STRATA_RELOCATED_GC_BYTES", "1048576".as_ref()),
+    ]);
     let content = fs::read(m.path("f")).unwrap();
     let file = fs::OpenOptions::new()
         .write(true)
@@ -338,6 +347,25 @@ fn a_rewritten_file_that_cooled_is_laid_out_while_mounted() {
         moved >= BLOCKS as u64 / 2,
         "{moved} blocks laid out while mounted:\n{}",
         ts.daemon_log_tail(20)
+    );
+    // Then the gc that frees the old copies, while mounted.
+    let gc_line = || {
+        ts.daemon_log_tail(100_000)
+            .lines()
+            .find_map(|l| {
+                l.split("gc after relocating blocks found scattered: ")
+                    .nth(1)
+            })
+            .map(|rest| rest.split(' ').next().unwrap().parse::<u64>().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gc_line().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let freed = gc_line().unwrap_or_else(|| panic!("no gc:\n{}", ts.daemon_log_tail(20)));
+    assert!(
+        freed >= moved * BS as u64 / 2,
+        "{freed} bytes freed after laying out {moved} blocks"
     );
     assert_eq!(checksum(&fs::read(m.path("f")).unwrap()), sums["(live)"]);
     m.unmount();

@@ -22,7 +22,8 @@ use crate::ops::{flatten_batch, FLATTEN_PAUSE};
 /// How often an idle thread looks whether the daemon is closing, or reads queued blocks
 /// to relocate.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
-/// Bytes of blocks relocated after which a gc reclaims their old records.
+/// Bytes of blocks relocated after which a gc reclaims their old records (by default;
+/// `STRATA_RELOCATED_GC_BYTES`).
 const RELOCATED_GC_BYTES: u64 = 1 << 30;
 /// Queued blocks are relocated once reads queued none, and no write came, for this long.
 const RELOCATE_QUIET: Duration = Duration::from_millis(100);
@@ -83,6 +84,7 @@ pub fn start(daemon: Arc<Daemon>) -> Result<()> {
 }
 
 fn run(daemon: &Daemon) {
+    let gc_after = crate::ops::relocated_gc_bytes(RELOCATED_GC_BYTES);
     let mut relocated = 0u64;
     loop {
         if daemon.is_closing() {
@@ -97,7 +99,7 @@ fn run(daemon: &Daemon) {
                 continue;
             };
             relocated += relocate(daemon, RELOCATE_QUIET);
-            if relocated >= RELOCATED_GC_BYTES && !daemon.is_closing() {
+            if relocated >= gc_after && !daemon.is_closing() {
                 relocated = 0;
                 gc(daemon, "after relocating blocks found scattered");
             }
