@@ -8,7 +8,8 @@
 //! Defragmentation on read lays out what a read found scattered, so that read itself pays
 //! the random reads. This module pays for the layout before anyone reads, so it is
 //! bounded by what was written: the blocks it queues never exceed `WRITE_BUDGET` times
-//! the bytes commits wrote since the store was opened.
+//! the bytes commits wrote, since the store was opened, to files of at least
+//! `MIN_READ_BYTES` (smaller ones have no range worth laying out and are not noted).
 //!
 //! Invariants: only what commits wrote is looked at, range by range (`WINDOW_BYTES` of
 //! the file each), so a file appended to or rewritten in one place costs one lookup per
@@ -139,7 +140,11 @@ impl Store {
         let cool = Duration::from_secs(self.hot_secs.load(Ordering::Relaxed).max(0) as u64);
         let files = {
             let mut q = self.relocation.lock().unwrap_or_else(|p| p.into_inner());
-            q.rewritten.take_cooled((!all).then_some(cool))
+            let r = &mut q.rewritten;
+            if r.queued + MIN_READ_BYTES > r.written * WRITE_BUDGET {
+                return Ok(0); // no range fits the budget: nothing to look at yet
+            }
+            r.take_cooled((!all).then_some(cool))
         };
         let bs = u64::from(self.config.block_size);
         let mut queued = 0u64;
