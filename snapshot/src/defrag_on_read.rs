@@ -19,10 +19,11 @@
 //! The queue holds at most `QUEUE_BYTES` of blocks (a read that finds it full queues
 //! nothing; a later read queues its range again) and each block once; it is relocated in
 //! steps of `STEP_BYTES` once reads stopped queueing and writes stopped coming for a
-//! moment. It lives in memory: a
-//! daemon whose last mount ends lays out what is queued before it stops (so an unmount
-//! waits for at most `QUEUE_BYTES` of copies); a crash forgets it. A step needs free space
-//! for its copies besides the write reserve; without it the whole queue is dropped.
+//! moment. It lives in memory: a daemon whose last mount ends lays out what is queued
+//! before it stops (so an unmount waits for at most `QUEUE_BYTES` of copies); a crash
+//! forgets it. A step needs free space for its copies besides the write reserve; without
+//! it the whole queue is dropped. Defragmentation of rewritten files (`defrag_rewritten`)
+//! queues onto the same queue.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
