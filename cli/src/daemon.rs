@@ -323,8 +323,9 @@ pub fn run_foreground(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long a starting daemon waits for the block-index warm-up before it mounts
-/// (`Store::wait_for_warm_up`): the first reads then find the index in sled's cache.
+/// How long a starting daemon waits for the warm-up of the block index and the metadata
+/// before it mounts (`Store::wait_for_warm_up`): the first reads then find them in
+/// sled's cache.
 const WARM_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Checks, opens the store, starts the control socket and mounts the first target.

@@ -525,7 +525,7 @@ impl Store {
                     return Err(e);
                 }
             };
-            if size < crate::defrag_on_read::MIN_READ_BYTES {
+            if self.config.defrag_rewritten && size < crate::defrag_on_read::MIN_READ_BYTES {
                 small.insert(*key);
             }
             for (idx, buf) in &d.blocks {

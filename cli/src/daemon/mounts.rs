@@ -308,27 +308,22 @@ impl Daemon {
             while !(table.mounts.is_empty() && table.busy == 0) {
                 table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
             }
-            if !looked {
-                // No write follows: the ranges rewritten files left scattered are queued
-                // now, hot or not (once; what the queue cannot take is forgotten).
-                looked = true;
-                table.busy += 1;
-                let busy = Busy { daemon: self };
-                drop(table);
-                super::maintenance::queue_rewritten(self, true);
-                drop(busy);
-                continue;
-            }
-            if !self.store.relocation_ready(std::time::Duration::ZERO) {
+            if looked && !self.store.relocation_ready(std::time::Duration::ZERO) {
                 table.closing = true;
                 return std::mem::take(&mut table.errors);
             }
             // Busy meanwhile: a mount that comes now is served, and waited for again.
             table.busy += 1;
-            let busy = Busy { daemon: self };
+            let _busy = Busy { daemon: self };
             drop(table);
-            super::maintenance::relocate(self, std::time::Duration::ZERO);
-            drop(busy);
+            if looked {
+                super::maintenance::relocate(self, std::time::Duration::ZERO);
+            } else {
+                // No write follows: the ranges rewritten files left scattered are queued
+                // now, hot or not (once; what the queue cannot take is forgotten).
+                super::maintenance::queue_rewritten(self, true);
+                looked = true;
+            }
         }
     }
 
