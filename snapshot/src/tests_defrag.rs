@@ -164,23 +164,27 @@ fn a_long_read_of_a_scattered_live_file_queues_it_and_relocation_lays_it_out() {
     assert!(s.verify(&mut |_, _| {}).unwrap().problems.is_empty());
 }
 
-#[test]
-fn with_defrag_on_read_off_a_scattered_file_is_not_queued() {
-    use std::time::Duration;
+/// A new store whose strata.toml has `key` (on by default) switched off, opened with no
+/// wait for files to cool.
+fn store_with_off(key: &str) -> (tempfile::TempDir, Arc<Store>) {
     let (dir, s) = new_store();
-    let (ino, _) = scattered(&s);
     s.close().unwrap();
     drop(s);
     let toml = dir.path().join("store/strata.toml");
     let text = std::fs::read_to_string(&toml).unwrap();
-    assert!(text.contains("defrag_on_read = true"), "{text}");
-    std::fs::write(
-        &toml,
-        text.replace("defrag_on_read = true", "defrag_on_read = false"),
-    )
-    .unwrap();
+    let (on, off) = (format!("{key} = true"), format!("{key} = false"));
+    assert!(text.contains(&on), "{text}");
+    std::fs::write(&toml, text.replace(&on, &off)).unwrap();
     let s = Store::open(&dir.path().join("store")).unwrap();
     s.set_defrag_hot_secs(0);
+    (dir, s)
+}
+
+#[test]
+fn with_defrag_on_read_off_a_scattered_file_is_not_queued() {
+    use std::time::Duration;
+    let (_dir, s) = store_with_off("defrag_on_read");
+    let (ino, _) = scattered(&s);
     read_all(&s.main(), ino);
     assert!(!s.relocation_ready(Duration::ZERO));
     assert!(runs(&s, ino) > 10);
@@ -271,19 +275,7 @@ fn the_blocks_queued_for_rewritten_files_stay_within_what_commits_wrote() {
 
 #[test]
 fn with_defrag_rewritten_off_rewrites_are_not_looked_at() {
-    let (dir, s) = new_store();
-    s.close().unwrap();
-    drop(s);
-    let toml = dir.path().join("store/strata.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    assert!(text.contains("defrag_rewritten = true"), "{text}");
-    std::fs::write(
-        &toml,
-        text.replace("defrag_rewritten = true", "defrag_rewritten = false"),
-    )
-    .unwrap();
-    let s = Store::open(&dir.path().join("store")).unwrap();
-    s.set_defrag_hot_secs(0);
+    let (_dir, s) = store_with_off("defrag_rewritten");
     let (ino, _) = scattered(&s);
     assert_eq!(s.queue_rewritten(true).unwrap(), 0);
     assert!(runs(&s, ino) > 10);

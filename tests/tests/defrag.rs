@@ -119,11 +119,7 @@ fn defrag_lays_a_scattered_file_out_and_every_tree_reads_the_same() {
 
     assert_eq!(all_sums(&ts, &names), expected);
     ts.assert_verify_clean();
-    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
-    assert!(
-        gc["freed_bytes"].as_u64().unwrap() >= (BLOCKS * BS / 2) as u64,
-        "gc after defrag: {gc}"
-    );
+    gc_frees_at_least(&ts, (BLOCKS * BS / 2) as u64);
     assert_eq!(all_sums(&ts, &names), expected);
     ts.assert_verify_clean();
 }
@@ -200,7 +196,18 @@ fn kill_9_during_defrag_loses_nothing() {
     }
 }
 
-/// How many blocks the daemon log says were laid out again after reads.
+/// Runs `strata gc` on the unmounted store and checks that it freed at least `bytes`
+/// (the old copies of the blocks laid out again).
+#[track_caller]
+fn gc_frees_at_least(ts: &TestStore, bytes: u64) {
+    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
+    assert!(
+        gc["freed_bytes"].as_u64().unwrap() >= bytes,
+        "gc after laying out blocks freed less than {bytes} bytes: {gc}"
+    );
+}
+
+/// How many blocks the daemon log says were laid out again.
 fn laid_out(ts: &TestStore) -> u64 {
     ts.daemon_log_tail(100_000)
         .lines()
@@ -267,11 +274,7 @@ fn reading_a_scattered_live_file_has_the_daemon_lay_it_out() {
     assert_eq!(all_sums(&ts, &names), expected);
     ts.assert_verify_clean();
     // The old copies are garbage that gc frees.
-    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
-    assert!(
-        gc["freed_bytes"].as_u64().unwrap() >= moved * BS as u64 / 2,
-        "gc after laying out {moved} blocks: {gc}"
-    );
+    gc_frees_at_least(&ts, moved * BS as u64 / 2);
     assert_eq!(all_sums(&ts, &names), expected);
     ts.assert_verify_clean();
 }
@@ -305,11 +308,7 @@ fn a_file_rewritten_until_the_unmount_is_laid_out_by_it() {
     let report = defrag_json(s(&ts.store));
     assert_eq!(report["files_defragmented"], 0, "{report}");
     assert_eq!(laid_out(&ts), moved, "{}", ts.daemon_log_tail(20));
-    let gc: Value = serde_json::from_str(&ok(&["gc", s(&ts.store), "--json"])).unwrap();
-    assert!(
-        gc["freed_bytes"].as_u64().unwrap() >= moved * BS as u64 / 2,
-        "gc after laying out {moved} blocks: {gc}"
-    );
+    gc_frees_at_least(&ts, moved * BS as u64 / 2);
     assert_eq!(f_sums(&ts, &names), sums);
     ts.assert_verify_clean();
 }
