@@ -4,7 +4,7 @@
 //!
 //! Protocol between `strata mount` (the parent) and the daemon it starts:
 //! 1. The parent checks the store and the mount point itself, so that those errors print
-//!    directly. If a daemon already answers on `STORE/control.sock`, the parent asks it to
+//!    directly. If a daemon already answers on the store's control socket, the parent asks it to
 //!    add the mount (op `mount`) and is done. Otherwise it creates a pipe and re-executes
 //!    its own binary as `strata [-v...] mount --foreground --threads N [--branch B |
 //!    --snapshot S] STORE MOUNTPOINT` in a new session (`setsid`), with cwd `/`, stdin

@@ -5,7 +5,7 @@
 //! the store directory and, when the user named a mount, its mount point (whose branch is
 //! the command's default branch).
 //!
-//! `run` sends the request to the daemon if one answers on `STORE/control.sock`; else it
+//! `run` sends the request to the daemon if one answers on the store's control socket; else it
 //! opens the store itself, runs the same `ops::execute`, and closes it. While the store's
 //! lock is held by a daemon that does not answer yet (starting, or releasing the store
 //! after its last mount ended) it waits for one or the other, up to `WAIT`.
@@ -20,7 +20,7 @@ use strata_snapshot::{Error as StoreError, Store};
 
 use crate::control::client::{self, REPLY_TIMEOUT};
 use crate::control::proto::{Progress, Request, Response, Status};
-use crate::control::socket_path;
+use crate::control::{socket_candidates, socket_path};
 use crate::mountinfo::{self, MountEntry};
 use crate::ops::{self, NoMounts};
 use crate::{lock, paths, store};
@@ -222,7 +222,7 @@ fn route_with_progress(
             return Ok(Route::Free);
         }
         let pid = lock::recorded_pid(store);
-        let may_answer = socket_path(store).exists()
+        let may_answer = socket_candidates(store).iter().any(|p| p.exists())
             || pid.is_some_and(|pid| is_daemon_process(pid) || is_exiting(pid));
         if !may_answer || Instant::now() >= deadline {
             return Err(not_answering(store, pid));

@@ -210,6 +210,11 @@ impl TestStore {
         daemon_pid(&self.store)
     }
 
+    /// Path of the control socket of this store's daemon (docs/control-socket.md).
+    pub fn control_socket(&self) -> PathBuf {
+        control_socket(&self.store)
+    }
+
     /// True while some process holds the store's lock.
     pub fn lock_is_held(&self) -> bool {
         sys::flock_is_held(&self.store.join("lock"))
@@ -374,6 +379,38 @@ pub fn cleanup_mount(mount_point: &Path, store: &Path) {
     if mounts::is_mounted(mount_point) {
         mounts::force_unmount(mount_point);
     }
+}
+
+/// Path of the control socket a root daemon of `store` (canonical) listens on:
+/// `/run/strata/NAME-HASH.sock` (or `$STRATA_RUNTIME_DIR/...`), the rule of
+/// docs/control-socket.md, written out again here so that a change to it is seen.
+pub fn control_socket(store: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::env::var_os("STRATA_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/run/strata"), PathBuf::from);
+    let base: String = store
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .take(40)
+        .collect();
+    let base = if base.is_empty() || base.starts_with('.') {
+        format!("store{base}")
+    } else {
+        base
+    };
+    let hash = blake3::hash(store.as_os_str().as_bytes());
+    let hex: String = hash.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dir.join(format!("{base}-{hex}.sock"))
 }
 
 /// Pid of the daemon serving `store`, if one is alive.

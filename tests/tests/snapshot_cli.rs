@@ -1,7 +1,7 @@
 //! The snapshot commands end to end, through the built `strata` binary: `snapshot
 //! create|list|delete|rename`, `rollback`, `clone`, `branch list|delete`, `diff`, `history`,
 //! `mount --branch|--snapshot`, with the store unmounted (the command opens it) and mounted
-//! (the command talks to the daemon over STORE/control.sock), which must print the same.
+//! (the command talks to the daemon over its control socket), which must print the same.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -514,10 +514,7 @@ fn clone_is_mounted_beside_main_by_the_same_daemon() {
     let out = ok(&["branch", "delete", store, "feature"]);
     assert_eq!(out, "deleted branch feature\n");
     m.unmount();
-    assert!(
-        !ts.store.join("control.sock").exists(),
-        "socket left behind"
-    );
+    assert!(!ts.control_socket().exists(), "socket left behind");
 }
 
 #[test]
@@ -818,7 +815,10 @@ fn a_daemon_that_does_not_answer_is_named() {
     let env: [(&str, &std::ffi::OsStr); 1] = [("STRATA_CONTROL_TIMEOUT", "1".as_ref())];
     let run = strata_env(["snapshot", "list", s(&ts.store)], &env);
     sys::kill(pid, libc::SIGCONT).unwrap();
-    run.assert_error(&["is not answering", "control.sock"]);
+    run.assert_error(&[
+        "is not answering",
+        &ts.control_socket().display().to_string(),
+    ]);
     ok(&["snapshot", "list", s(&ts.store)]);
     m.unmount();
 }
@@ -830,8 +830,12 @@ fn a_stale_control_socket_is_ignored_and_replaced() {
     ok(&["snapshot", "create", s(&ts.store), "before-crash"]);
     m.crash();
     assert!(
-        ts.store.join("control.sock").exists(),
+        ts.control_socket().exists(),
         "a killed daemon leaves its socket"
+    );
+    assert!(
+        !ts.store.join("control.sock").exists(),
+        "the socket lives in the runtime directory, not in the store"
     );
     // Nobody answers on it, and the lock is free: the command opens the store itself.
     assert_eq!(snapshot_names(s(&ts.store)), ["before-crash"]);
@@ -858,7 +862,7 @@ fn sigterm_unmounts_every_mount_of_the_daemon() {
     }
     assert!(!mounts::is_mounted(&ts.mnt));
     assert!(!mounts::is_mounted(&ro.mount_point));
-    assert!(!ts.store.join("control.sock").exists());
+    assert!(!ts.control_socket().exists());
     drop(ro);
     drop(m);
     let m = ts.mount();

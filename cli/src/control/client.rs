@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 
 use super::proto::{Progress, ProgressLine, Request, Response};
-use super::{socket_path, SOCKET_NAME};
+use super::socket_candidates;
 
 /// How long a command waits for the daemon's reply (a `snapshot list` walks every record
 /// of the store, so this is generous); `STRATA_CONTROL_TIMEOUT` (seconds) overrides it.
@@ -37,16 +37,17 @@ pub fn reply_timeout(default: Duration) -> Duration {
 /// `sockaddr_un` holds at most 107 bytes).
 const MAX_DIRECT_PATH: usize = 100;
 
-/// Runs `f` with a path to the store's control socket short enough for `sockaddr_un`:
-/// the real path, or `/proc/self/fd/N/control.sock` through an open descriptor of the
-/// store directory.
-pub fn with_socket_path<T>(store: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
-    let full = socket_path(store);
-    if full.as_os_str().len() <= MAX_DIRECT_PATH {
-        return f(&full);
+/// Runs `f` with a path to the socket `path` short enough for `sockaddr_un`: `path`
+/// itself, or `/proc/self/fd/N/NAME` through an open descriptor of its directory.
+pub fn with_short_path<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    if path.as_os_str().len() <= MAX_DIRECT_PATH {
+        return f(path);
     }
-    let dir = File::open(store)?;
-    let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET_NAME}", dir.as_raw_fd()));
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let dir = File::open(parent)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
     let result = f(&short);
     drop(dir);
     result
@@ -60,14 +61,22 @@ pub fn is_absent(err: &io::Error) -> bool {
     )
 }
 
-/// Connects to the daemon of `store`: `Ok(None)` if none listens there.
-pub fn connect(store: &Path) -> Result<Option<UnixStream>> {
-    match with_socket_path(store, |path| UnixStream::connect(path)) {
-        Ok(stream) => Ok(Some(stream)),
-        Err(err) if is_absent(&err) => Ok(None),
-        Err(err) => Err(anyhow!(
+/// Connects to the daemon of `store` on one of its socket paths (`socket_candidates`):
+/// the stream and the path it answered on, or `Ok(None)` if none listens.
+pub fn connect(store: &Path) -> Result<Option<(UnixStream, PathBuf)>> {
+    let mut failed = None;
+    for path in socket_candidates(store) {
+        match with_short_path(&path, |short| UnixStream::connect(short)) {
+            Ok(stream) => return Ok(Some((stream, path))),
+            Err(err) if is_absent(&err) => {}
+            Err(err) => failed = failed.or(Some((path, err))),
+        }
+    }
+    match failed {
+        None => Ok(None),
+        Some((path, err)) => Err(anyhow!(
             "cannot connect to the strata daemon on {}: {err}",
-            socket_path(store).display()
+            path.display()
         )),
     }
 }
@@ -87,10 +96,9 @@ pub fn send_with_progress(
     timeout: Duration,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Option<Response>> {
-    let Some(stream) = connect(store)? else {
+    let Some((stream, socket)) = connect(store)? else {
         return Ok(None);
     };
-    let socket = socket_path(store);
     let broken = |what: String| {
         anyhow!(
             "the strata daemon of {} is not answering on {}: {what}",
@@ -155,6 +163,7 @@ fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::{runtime_dir, socket_path};
 
     #[test]
     fn no_socket_means_no_daemon() {
@@ -165,23 +174,31 @@ mod tests {
             .unwrap()
             .is_none());
         // A socket file nobody listens on (a daemon that died) is no daemon either.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(runtime_dir())
+            .unwrap();
         let listener = std::os::unix::net::UnixListener::bind(socket_path(&dir)).unwrap();
         drop(listener);
         assert!(send(&dir, &Request::Ping, Duration::from_secs(1))
             .unwrap()
             .is_none());
+        std::fs::remove_file(socket_path(&dir)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn long_store_paths_are_reached_through_proc() {
+    fn long_socket_paths_are_reached_through_proc() {
         let base = std::env::temp_dir().join(format!("strata-cli-long-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let dir = base.join("x".repeat(60)).join("y".repeat(60));
         std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
         let listener =
-            with_socket_path(&dir, |path| std::os::unix::net::UnixListener::bind(path)).unwrap();
-        assert!(socket_path(&dir).exists());
+            with_short_path(&path, |short| std::os::unix::net::UnixListener::bind(short)).unwrap();
+        assert!(path.exists());
         let server = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -192,9 +209,8 @@ mod tests {
             let mut stream = stream;
             writeln!(stream, r#"{{"ok":true,"result":1}}"#).unwrap();
         });
-        let reply = send(&dir, &Request::Ping, Duration::from_secs(5))
-            .unwrap()
-            .unwrap();
+        let stream = with_short_path(&path, |short| UnixStream::connect(short)).unwrap();
+        let reply = exchange(stream, &Request::Ping, Duration::from_secs(5), &mut |_| {}).unwrap();
         assert!(reply.ok);
         server.join().unwrap();
         std::fs::remove_dir_all(&base).unwrap();

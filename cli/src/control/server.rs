@@ -1,16 +1,20 @@
 //! The daemon's side of the control socket.
 //!
-//! `Server::start` makes `STORE/control.sock` (mode 0600: bound under a temporary name,
-//! chmod'ed, then renamed into place, so the socket is never reachable with wider
-//! permissions) after removing a stale one (a socket file nobody answers on), and accepts
-//! connections on a thread of its own. Each connection gets a thread: it reads one request
-//! line, checks that the peer runs as the daemon's user, carries the request out and
-//! writes one reply line. `Server::remove` deletes the socket file if it is still ours.
+//! `Server::start` makes the store's socket in the runtime directory (`super::socket_path`:
+//! the directory is created owner-only if missing, and refused if another user owns it or
+//! others may write to it), mode 0600: bound under a temporary name, chmod'ed, then
+//! renamed into place, so the socket is never reachable with wider permissions. A stale
+//! socket of the same store (a socket file nobody answers on) is removed first, and so are
+//! the dead sockets of other stores in that directory (left by daemons killed with
+//! SIGKILL). It accepts connections on a thread of its own. Each connection gets a thread:
+//! it reads one request line, checks that the peer runs as the daemon's user, carries the
+//! request out and writes one reply line. `Server::remove` deletes the socket file if it
+//! is still ours.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, info, warn};
 
-use super::client::{self, with_socket_path};
+use super::client::with_short_path;
 use super::proto::{Progress, ProgressLine, Request, Response, MAX_REQUEST};
 use super::socket_path;
 use crate::daemon::mounts::{Daemon, MountTarget};
@@ -34,15 +38,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates `STORE/control.sock` and starts accepting requests for `daemon`.
+    /// Creates the control socket of the daemon's store and starts accepting requests
+    /// for `daemon`.
     pub fn start(daemon: &Arc<Daemon>) -> Result<Server> {
         let store = daemon.store_path.clone();
         let path = socket_path(&store);
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        ensure_runtime_dir(&dir)?;
         remove_stale(&store, &path)?;
-        let temp_name = format!(".control.sock.{}", std::process::id());
-        let temp = store.join(&temp_name);
+        sweep_dead_sockets(&dir, &path);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let temp = dir.join(format!(".{name}.{}", std::process::id()));
         let _ = fs::remove_file(&temp);
-        let listener = bind_as(&store, &temp_name)
+        let listener = with_short_path(&temp, |short| UnixListener::bind(short))
             .with_context(|| format!("cannot create the control socket {}", path.display()))?;
         fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))
             .and_then(|()| fs::rename(&temp, &path))
@@ -80,14 +88,42 @@ impl Server {
     }
 }
 
-/// Binds a listening socket named `name` in the store directory.
-fn bind_as(store: &Path, name: &str) -> io::Result<UnixListener> {
-    // with_socket_path shortens STORE/control.sock; the temporary name has the same
-    // directory, so shorten it the same way.
-    with_socket_path(store, |sock| {
-        let dir = sock.parent().unwrap_or(Path::new("/"));
-        UnixListener::bind(dir.join(name))
-    })
+/// Creates the runtime directory `dir` (mode 0700) if it is missing, and refuses one that
+/// is not a directory of ours that only we may write to.
+fn ensure_runtime_dir(dir: &Path) -> Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(err) => {
+            return Err(anyhow!(err).context(format!(
+                "cannot create the runtime directory {} for the control socket",
+                dir.display()
+            )))
+        }
+    }
+    let meta = fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot stat the runtime directory {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        bail!(
+            "the runtime directory {} for the control socket is not a directory",
+            dir.display()
+        );
+    }
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        bail!(
+            "the runtime directory {} for the control socket is not private to uid {uid} \
+             (owner uid {}, mode {:o}); remove it or set STRATA_RUNTIME_DIR",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// Removes a control socket nobody answers on; refuses if a daemon answers on it.
@@ -95,15 +131,40 @@ fn remove_stale(store: &Path, path: &Path) -> Result<()> {
     if fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    match client::connect(store) {
-        Ok(Some(_)) => bail!(
-            "another strata daemon answers on {}; is the store mounted already?",
+    match with_short_path(path, |short| UnixStream::connect(short)) {
+        Ok(_) => bail!(
+            "another strata daemon of {} answers on {}; is the store mounted already?",
+            store.display(),
             path.display()
         ),
-        Ok(None) | Err(_) => {
+        Err(_) => {
             info!("removing the stale control socket {}", path.display());
             fs::remove_file(path)
                 .with_context(|| format!("cannot remove the stale socket {}", path.display()))
+        }
+    }
+}
+
+/// Removes the sockets in `dir` that refuse connections (their daemon died), but `ours`.
+/// A socket being set up is never refused: a daemon binds (and listens on) its temporary
+/// name before it renames it into place, and temporary names start with a dot.
+fn sweep_dead_sockets(dir: &Path, ours: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path == ours || name.starts_with('.') || !name.ends_with(".sock") {
+            continue;
+        }
+        let refused = matches!(
+            with_short_path(&path, |short| UnixStream::connect(short)),
+            Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED)
+        );
+        if refused && fs::remove_file(&path).is_ok() {
+            debug!("removed the dead control socket {}", path.display());
         }
     }
 }
@@ -379,6 +440,7 @@ mod tests {
         let lines = collect(&Request::Flatten { progress: true });
         let last = lines.last().expect("a flatten reports its progress");
         assert!(last.total > 0 && last.done == last.total, "{lines:?}");
+        server.remove();
         drop(server);
         drop(daemon);
         let _ = fs::remove_dir_all(&dir);
@@ -455,16 +517,47 @@ mod tests {
             std::env::temp_dir().join(format!("strata-cli-server-stale-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
+        ensure_runtime_dir(socket_path(&dir).parent().unwrap()).unwrap();
         drop(UnixListener::bind(socket_path(&dir)).unwrap()); // nobody listens any more
         remove_stale(&dir, &socket_path(&dir)).unwrap();
         assert!(!socket_path(&dir).exists());
         let live = UnixListener::bind(socket_path(&dir)).unwrap();
         let err = remove_stale(&dir, &socket_path(&dir)).unwrap_err();
         assert!(
-            err.to_string().contains("another strata daemon answers"),
+            err.to_string().contains("another strata daemon of"),
             "{err}"
         );
+        // A dead socket of another store is swept; a live one and our own are not.
+        let other = socket_path(&dir.join("other"));
+        drop(UnixListener::bind(&other).unwrap());
+        sweep_dead_sockets(other.parent().unwrap(), &socket_path(&dir));
+        assert!(!other.exists());
+        assert!(socket_path(&dir).exists());
         drop(live);
+        sweep_dead_sockets(other.parent().unwrap(), &socket_path(&dir));
+        assert!(socket_path(&dir).exists(), "ours is left to remove_stale");
+        fs::remove_file(socket_path(&dir)).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_runtime_dir_others_may_write_to_is_refused() {
+        let dir = std::env::temp_dir().join(format!("strata-cli-server-rt-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let rt = dir.join("run/strata");
+        ensure_runtime_dir(&rt).unwrap();
+        let mode = fs::metadata(&rt).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "created owner-only");
+        fs::set_permissions(&rt, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = format!("{:#}", ensure_runtime_dir(&rt).unwrap_err());
+        assert!(
+            err.contains("is not private") && err.contains("mode 777"),
+            "{err}"
+        );
+        fs::remove_dir_all(&rt).unwrap();
+        fs::write(&rt, b"").unwrap();
+        let err = format!("{:#}", ensure_runtime_dir(&rt).unwrap_err());
+        assert!(err.contains(&rt.display().to_string()), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
