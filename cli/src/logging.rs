@@ -3,8 +3,12 @@
 //! The level comes from `-v` (repeatable) if given, else `RUST_LOG`, else a default by
 //! role: `warn` for ordinary commands, `info` for the mount daemon (whose stderr is
 //! `STORE/daemon.log` when it runs detached). The daemon's lines carry timestamps.
+//!
+//! A log line that cannot be written (the disk under `daemon.log` is full or failing) is
+//! dropped: tracing-subscriber reports a failed write with `eprintln!`, which panics when
+//! stderr itself fails, and a panic inside a FUSE request's panic ends the daemon.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 
@@ -41,7 +45,7 @@ pub fn init(verbose: u8, role: Role) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match role {
         Role::Daemon => builder.try_init(),
@@ -49,6 +53,21 @@ pub fn init(verbose: u8, role: Role) {
     };
     // A second init (never expected) keeps the first subscriber.
     let _ = result;
+}
+
+/// stderr, never failing: what cannot be written is dropped.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,10 @@ pub struct TestStore {
     pub store: PathBuf,
     /// The mount point (`root/mnt`), created empty.
     pub mnt: PathBuf,
-    // Drop order matters: the tmpfs is unmounted before the temp dir is removed.
+    // Drop order matters: the tmpfs and the lossy disk are unmounted before the temp dir
+    // is removed.
     tmpfs: Option<Tmpfs>,
+    lossy: Option<crate::lossy::LossyDisk>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -52,6 +54,7 @@ impl TestStore {
             mnt,
             root,
             tmpfs: None,
+            lossy: None,
             dir: Some(dir),
         }
     }
@@ -66,6 +69,29 @@ impl TestStore {
         test_store.tmpfs = Some(tmpfs);
         test_store.init(&[]);
         test_store
+    }
+
+    /// A fresh store on a lossy disk (`root/disk` served at `root/lossy`, the store at
+    /// `root/lossy/store`): a power cut (`disk().cut`, then `reboot_disk`) drops what was
+    /// not fsynced.
+    pub fn on_lossy_disk() -> Self {
+        let mut test_store = Self::uninitialized();
+        let backing = test_store.root.join("disk");
+        let at = test_store.root.join("lossy");
+        std::fs::create_dir(&backing).expect("create disk dir");
+        std::fs::create_dir(&at).expect("create lossy mount point");
+        let disk = crate::lossy::LossyDisk::mount(&backing, &at).expect("mount the lossy disk");
+        test_store.store = at.join("store");
+        test_store.lossy = Some(disk);
+        test_store.init(&[]);
+        // The store's creation is durable, as after `strata init` and a sync.
+        test_store.disk().restart().expect("restart the lossy disk");
+        test_store
+    }
+
+    /// The lossy disk under the store (`on_lossy_disk`).
+    pub fn disk(&self) -> &crate::lossy::LossyDisk {
+        self.lossy.as_ref().expect("a store on a lossy disk")
     }
 
     fn init(&self, args: &[&str]) {
@@ -238,7 +264,11 @@ impl Drop for TestStore {
         }
         // Never remove the temp dir through a mount: clear every mount below it first
         // (the tmpfs itself is the Tmpfs guard's job).
-        let tmpfs_path = self.tmpfs.as_ref().map(|t| t.path().to_path_buf());
+        let tmpfs_path = self
+            .tmpfs
+            .as_ref()
+            .map(|t| t.path().to_path_buf())
+            .or_else(|| self.lossy.as_ref().map(|d| d.path().to_path_buf()));
         for mount_point in mounts::mounts_under(&self.root) {
             if Some(&mount_point) != tmpfs_path.as_ref() {
                 cleanup_mount(&mount_point, &self.store);
@@ -248,6 +278,8 @@ impl Drop for TestStore {
             let _ = sys::kill(pid, libc::SIGKILL);
             wait_for_exit(pid, &self.store, Duration::from_secs(10));
         }
+        // The lossy disk goes once nothing runs on it any more.
+        self.lossy = None;
         let leftover: Vec<PathBuf> = mounts::mounts_under(&self.root)
             .into_iter()
             .filter(|m| Some(m) != tmpfs_path.as_ref())

@@ -8,6 +8,10 @@
 //! - `fixture`: `TestStore` (a temp dir with a store and a mount point, optionally on a
 //!   small tmpfs) and `Mount`, a guard that always unmounts, even when the test panicked,
 //!   and never leaves a stale mount behind; `Mount::crash` kills the daemon with SIGKILL.
+//! - `lossy`: the lossy disk of the power-cut tests, a passthrough FUSE filesystem whose
+//!   unsynced writes and directory operations a `reboot` drops (docs/power-cut-harness.md).
+//! - `power`: the cycle of a power cut of a running strata (kill, reboot the disk, clear
+//!   the mount), the writer whose acknowledgements live outside the disk.
 //! - `mounts`: /proc/self/mountinfo, forced unmounts, tmpfs, synthetic stale FUSE mounts.
 //! - `sys`: thin libc wrappers (xattrs, renameat2, fallocate, lseek, copy_file_range, ...).
 //! - `data`: deterministic data (random, compressible, mixed) and comparisons that report
@@ -22,7 +26,9 @@ pub mod binary;
 pub mod cli;
 pub mod data;
 pub mod fixture;
+pub mod lossy;
 pub mod mounts;
+pub mod power;
 pub mod records;
 pub mod sys;
 pub mod trees;

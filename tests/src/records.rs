@@ -56,3 +56,64 @@ mod tests {
         assert_eq!(check_records(&data, 2), Ok(()));
     }
 }
+
+/// Size of one slot record of the power-cut writer: not a divisor of a page or block, so
+/// records straddle pages and blocks.
+pub const SLOT_SIZE: usize = 3000;
+const SLOT_MAGIC: &[u8; 8] = b"STRASLOT";
+
+/// The record `version` of slot `slot`: magic, slot, version (little-endian), bytes
+/// derived from both, and the first 8 bytes of the blake3 hash of everything before.
+pub fn slot_record(slot: u64, version: u64) -> Vec<u8> {
+    let mut data = vec![0u8; SLOT_SIZE];
+    data[..8].copy_from_slice(SLOT_MAGIC);
+    data[8..16].copy_from_slice(&slot.to_le_bytes());
+    data[16..24].copy_from_slice(&version.to_le_bytes());
+    crate::data::Rng::new(slot ^ version.rotate_left(32)).fill(&mut data[24..SLOT_SIZE - 8]);
+    let sum = blake3::hash(&data[..SLOT_SIZE - 8]);
+    data[SLOT_SIZE - 8..].copy_from_slice(&sum.as_bytes()[..8]);
+    data
+}
+
+/// The version held by slot `slot` of `file` (a whole, intact record of that slot), or an
+/// error describing what is there instead.
+pub fn slot_version(file: &[u8], slot: u64) -> Result<u64, String> {
+    let start = slot as usize * SLOT_SIZE;
+    let Some(rec) = file.get(start..start + SLOT_SIZE) else {
+        return Err(format!(
+            "slot {slot} (offset {start}) is past the end ({} bytes)",
+            file.len()
+        ));
+    };
+    if &rec[..8] != SLOT_MAGIC {
+        return Err(format!(
+            "slot {slot} (offset {start}): no record (magic {:02x?})",
+            &rec[..8]
+        ));
+    }
+    let got_slot = u64::from_le_bytes(rec[8..16].try_into().unwrap());
+    let version = u64::from_le_bytes(rec[16..24].try_into().unwrap());
+    if got_slot != slot || rec != slot_record(slot, version).as_slice() {
+        return Err(format!(
+            "slot {slot} (offset {start}): torn or damaged record (says slot {got_slot}, version {version})"
+        ));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn slot_records_check_themselves() {
+        let mut file = [slot_record(0, 5), slot_record(1, 9)].concat();
+        assert_eq!(slot_version(&file, 0), Ok(5));
+        assert_eq!(slot_version(&file, 1), Ok(9));
+        assert!(slot_version(&file, 2).unwrap_err().contains("past the end"));
+        file[SLOT_SIZE + 100] ^= 1;
+        assert!(slot_version(&file, 1).unwrap_err().contains("torn"));
+        file[..SLOT_SIZE].copy_from_slice(&slot_record(1, 3));
+        assert!(slot_version(&file, 0).unwrap_err().contains("torn"));
+    }
+}

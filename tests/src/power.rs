@@ -1,0 +1,126 @@
+//! Power cuts of a running strata: the cycle of the power-cut tests (kill the daemon
+//! with the cut, reboot the lossy disk, clear the dead mount), the writer child process
+//! whose acknowledgements are kept outside the disk, and the checks after a reboot.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+
+use crate::lossy::RebootReport;
+use crate::records::slot_version;
+use crate::{sys, Mount, TestStore};
+
+/// The power-cut writer (`src/bin/power_writer.rs`) running on a file of the mount, and
+/// the acknowledgements it printed.
+pub struct Writer {
+    child: Child,
+    reader: JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl Writer {
+    /// Starts `bin` (the test's `CARGO_BIN_EXE_power_writer`) on `file`.
+    pub fn start(bin: &Path, file: &Path, seed: u64, base: u64) -> Writer {
+        let mut child = Command::new(bin)
+            .arg(file)
+            .arg(seed.to_string())
+            .arg(base.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start power_writer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let reader = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split_whitespace();
+                if words.next() != Some("ack") {
+                    continue;
+                }
+                let (Some(Ok(slot)), Some(Ok(version))) = (
+                    words.next().map(str::parse::<u64>),
+                    words.next().map(str::parse::<u64>),
+                ) else {
+                    continue;
+                };
+                acks.push((slot, version));
+            }
+            acks
+        });
+        Writer { child, reader }
+    }
+
+    /// Kills the writer and returns its acknowledgements.
+    pub fn stop(mut self) -> Vec<(u64, u64)> {
+        let _ = sys::kill(self.child.id(), libc::SIGKILL);
+        let _ = self.child.wait();
+        self.reader.join().expect("writer's reader thread")
+    }
+}
+
+/// Acknowledged records of a slot file: slot → newest acknowledged version.
+#[derive(Default, Debug)]
+pub struct Acked {
+    pub slots: BTreeMap<u64, u64>,
+    /// Acknowledgements seen in all.
+    pub count: u64,
+}
+
+impl Acked {
+    pub fn add(&mut self, acks: &[(u64, u64)]) {
+        for &(slot, version) in acks {
+            let v = self.slots.entry(slot).or_default();
+            *v = (*v).max(version);
+        }
+        self.count += acks.len() as u64;
+    }
+
+    /// Checks that every acknowledged slot of `file` holds an intact record at least as
+    /// new as the acknowledged one; the error names the first that does not.
+    pub fn check(&self, file: &[u8]) -> Result<(), String> {
+        for (&slot, &acked) in &self.slots {
+            let version = slot_version(file, slot)?;
+            if version < acked {
+                return Err(format!(
+                    "slot {slot}: version {version} found, but {acked} was acknowledged"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes the power of the store of `ts` (on a lossy disk) and brings it back: cuts the
+/// disk's power if no point did yet, kills the daemon with SIGKILL, appends the daemon's
+/// log as it was to `logs`, reboots the disk, and clears the dead mount.
+pub fn cut_and_reboot(ts: &TestStore, mut mount: Mount<'_>, logs: &Path) -> RebootReport {
+    ts.disk().cut(crate::lossy::CutMode::DropAll);
+    mount.crash();
+    let live_log = ts.disk().backing().join("store/daemon.log");
+    if let Ok(text) = std::fs::read(&live_log) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs)
+            .expect("open the kept daemon log");
+        let _ = writeln!(f, "==== cut (boot {}) ====", ts.disk().boots());
+        let _ = f.write_all(&text);
+    }
+    let report = ts.disk().reboot().expect("reboot the lossy disk");
+    let errors = ts.disk().harness_errors();
+    assert!(
+        errors.is_empty(),
+        "the lossy disk's model is wrong: {errors:?}"
+    );
+    mount.unmount();
+    report
+}
+
+/// Where a test keeps the daemon logs of its cuts (outside the disk): `root/cuts.log`.
+pub fn logs_path(ts: &TestStore) -> PathBuf {
+    ts.root.join("cuts.log")
+}
