@@ -151,11 +151,42 @@ pub enum Error {
     },
     #[error("block {0} is not in the store")]
     NotFound(BlockId),
-    #[error("block index: {0}")]
-    Index(#[from] sled::Error),
+    #[error("block index: {}", sled_message(.0))]
+    Index(sled::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Index(e)
+    }
+}
+
+/// sled's error as a message: an I/O error as the system names it (sled turns an I/O
+/// error it clones into the text of its Debug form, `Os { code: 5, ... }`: the code is
+/// read back from it).
+pub fn sled_message(e: &sled::Error) -> String {
+    match (e, sled_os_error(e)) {
+        (sled::Error::Io(_), Some(code)) => std::io::Error::from_raw_os_error(code).to_string(),
+        (sled::Error::Io(io), None) => io.to_string(),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// The system error code of an I/O error of sled's, if it has one.
+pub fn sled_os_error(e: &sled::Error) -> Option<i32> {
+    let sled::Error::Io(io) = e else {
+        return None;
+    };
+    io.raw_os_error().or_else(|| {
+        io.to_string()
+            .split("code: ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse::<i32>().ok())
+    })
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {

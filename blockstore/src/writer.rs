@@ -164,9 +164,11 @@ impl PackWriter {
         }
     }
 
-    /// Remembers a failure that makes every later write unsafe (the first one wins).
+    /// Remembers a failure that makes every later write unsafe (the first one wins). The
+    /// error reaches the caller, whose layer logs the refusal once (the snapshot layer's
+    /// poisoned store); this logs it at debug level only.
     pub fn fail(&mut self, path: &Path, what: String) {
-        tracing::error!(path = %path.display(), "block store failed, refusing writes: {what}");
+        tracing::debug!(path = %path.display(), "block store failed, refusing writes: {what}");
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 path: path.to_path_buf(),

@@ -45,7 +45,6 @@ use tracing::{error, info, warn};
 
 use crate::commands::mount;
 use crate::control::server::Server;
-use crate::error::one_line;
 use crate::store;
 use mounts::{Daemon, MountTarget};
 
@@ -260,7 +259,7 @@ impl Readiness {
 
     /// Tells the parent why the mount failed.
     pub fn fail(&mut self, err: &anyhow::Error) {
-        self.send(&one_line(&format!("{err:#}")));
+        self.send(&crate::error::message(err));
     }
 
     fn send(&mut self, line: &str) {

@@ -25,12 +25,30 @@ pub const EXIT_FAILURE: u8 = 1;
 
 /// Prints `err` as one line on stderr and returns the exit code that fits it.
 pub fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("strata: error: {}", one_line(&format!("{err:#}")));
+    eprintln!("strata: error: {}", message(err));
     if err.chain().any(|cause| cause.is::<UsageError>()) {
         ExitCode::from(EXIT_USAGE)
     } else {
         ExitCode::from(EXIT_FAILURE)
     }
+}
+
+/// The one-line message of `err` and its causes, `outer: inner: ...`, leaving out a cause
+/// whose text the message already ends with (an error that shows its source, as
+/// `PATH: {source}` does, would otherwise repeat it).
+pub fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = one_line(&cause.to_string());
+        if text.is_empty() || out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Folds a possibly multi-line message into one line.
@@ -55,5 +73,27 @@ mod tests {
             .unwrap_err();
         assert!(err.chain().any(|c| c.is::<UsageError>()));
         assert_eq!(format!("{err:#}"), "outer: bad");
+    }
+
+    #[test]
+    fn a_cause_the_message_already_shows_is_left_out() {
+        #[derive(Debug)]
+        struct Shows(std::io::Error);
+        impl fmt::Display for Shows {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "/x/pack: {}", self.0)
+            }
+        }
+        impl std::error::Error for Shows {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = anyhow::Error::new(Shows(std::io::Error::from_raw_os_error(libc::EIO)))
+            .context("gc failed");
+        assert_eq!(
+            message(&err),
+            "gc failed: /x/pack: Input/output error (os error 5)"
+        );
     }
 }

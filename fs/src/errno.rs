@@ -24,7 +24,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::FileTooBig => libc::EFBIG,
         Error::TooManyLinks => libc::EMLINK,
         Error::Stale => libc::ESTALE,
-        Error::Block(_) | Error::Io { .. } if e.is_disk_full() => libc::ENOSPC,
+        Error::Block(_) | Error::Io { .. } | Error::Meta(_) if e.is_disk_full() => libc::ENOSPC,
         Error::Block(_) => libc::EIO,
         Error::Io { source, .. } => match source.raw_os_error() {
             Some(libc::EDQUOT) => libc::EDQUOT,
@@ -41,14 +41,22 @@ pub fn errno(e: &Error) -> Errno {
     Errno::from_i32(code)
 }
 
-/// Logs a failed request once, where it becomes an errno.
+/// Logs a failed request once, where it becomes an errno. A write refused by a store that
+/// stopped taking writes is not logged again (the store said so once, when it stopped).
 pub(crate) fn fail(op: &str, e: &Error) -> Errno {
-    if is_fault(e) {
+    if is_fault(e) && !matches!(e, Error::Poisoned(_)) {
         tracing::error!(op, error = %e, "request failed");
     } else {
         tracing::debug!(op, error = %e, "request answered with an error");
     }
-    errno(e)
+    let code = errno(e);
+    // A read that failed because something below could not write (sled refuses lookups
+    // that would rewrite a page after its log could not be written) is an I/O error to
+    // the reader, not "no space".
+    if op == "read" && code == Errno::ENOSPC {
+        return Errno::EIO;
+    }
+    code
 }
 
 /// An error a request handler answers with: a model error (logged and mapped by `fail`)

@@ -27,8 +27,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("metadata store: {0}")]
-    Meta(#[from] sled::Error),
+    #[error("metadata store (meta/): {}", blockstore::sled_message(.0))]
+    Meta(sled::Error),
     #[error("metadata record {key} is malformed: {detail}")]
     BadRecord { key: String, detail: String },
     #[error(transparent)]
@@ -75,6 +75,12 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Meta(e)
+    }
+}
+
 impl Error {
     /// Whether this says the disk under the store is full, whichever layer saw it (the
     /// file system maps it to ENOSPC; it never needs the block store's error type).
@@ -82,6 +88,9 @@ impl Error {
         match self {
             Error::NoSpace | Error::Block(blockstore::Error::NoSpace { .. }) => true,
             Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            Error::Meta(e) | Error::Block(blockstore::Error::Index(e)) => {
+                blockstore::sled_os_error(e) == Some(libc::ENOSPC)
+            }
             _ => false,
         }
     }
@@ -90,6 +99,26 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_io_errors_read_as_the_system_names_them() {
+        let direct = sled::Error::Io(std::io::Error::from_raw_os_error(libc::EIO));
+        let cloned = direct.clone(); // sled keeps only the Debug text of a clone
+        let full = sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(Error::from(full.clone()).is_disk_full());
+        assert!(Error::from(full).is_disk_full());
+        for e in [direct, cloned] {
+            assert_eq!(
+                Error::from(e).to_string(),
+                "metadata store (meta/): Input/output error (os error 5)"
+            );
         }
     }
 }

@@ -127,7 +127,7 @@ impl<'a> Host<'a> {
     /// sled holds in memory may not be on disk.
     pub(crate) fn poison_if_flush_failed(&mut self) {
         if let Some(why) = self.flush_failed.take() {
-            self.store.lock().poisoned.get_or_insert(why);
+            self.store.lock().poison(why);
         }
     }
 }

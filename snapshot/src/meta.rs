@@ -55,6 +55,10 @@ impl Drop for Meta {
     fn drop(&mut self) {
         self.warming
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.flusher
+            .nudge
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -67,6 +71,7 @@ pub struct Flusher {
     db: sled::Db,
     dir: PathBuf,
     syncer: Arc<Mutex<crate::durable::TreeSyncer>>,
+    nudge: Arc<Nudge>,
 }
 
 impl Flusher {
@@ -74,8 +79,80 @@ impl Flusher {
     /// fsyncs its files and directory.
     pub fn flush(&self) -> Result<()> {
         let mut syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner());
-        self.db.flush()?;
+        self.nudge.watch(&self.db);
+        let flushed = self.db.flush();
+        self.nudge.done();
+        flushed?;
         syncer.sync(&self.dir)
+    }
+}
+
+/// How long a sled flush may wait before the nudger wakes it.
+const NUDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Works around a lost wakeup in sled 0.34.7: when a background write of its log fails
+/// (`Logger::exit_reservation`), sled records the error but does not wake the flushes
+/// waiting for that write, so a flush waits forever (found by the I/O-fault tests: an
+/// EIO on a write of `meta/db` hung every later request). While a flush has been waiting
+/// longer than `NUDGE_AFTER`, a thread starts another flush every `NUDGE_AFTER`: with the
+/// error recorded it returns at once and wakes every waiter, which then return the error
+/// (otherwise it waits like the first and returns with it). The nudging thread itself
+/// never waits on sled.
+#[derive(Default)]
+struct Nudge {
+    /// When the flush under way started (ms since `epoch`), 0: none.
+    since_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+    /// The nudging thread is running.
+    started: std::sync::atomic::AtomicBool,
+    /// Tells the nudging thread to end (the handle is closed).
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Nudge {
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn watch(self: &Arc<Self>, db: &sled::Db) {
+        use std::sync::atomic::Ordering;
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        let db = db.clone();
+        let spawned = std::thread::Builder::new()
+            .name("strata-sled-nudge".into())
+            .spawn(move || loop {
+                // Short steps: a closed store's sled (and its lock) goes with this thread.
+                for _ in 0..10 {
+                    std::thread::sleep(NUDGE_AFTER / 10);
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                let Some(nudge) = me.upgrade() else { return };
+                let since = nudge.since_ms.load(Ordering::Acquire);
+                if since == 0 || nudge.now_ms() - since < NUDGE_AFTER.as_millis() as u64 {
+                    continue;
+                }
+                let db = db.clone();
+                let _ = std::thread::Builder::new()
+                    .name("strata-sled-wake".into())
+                    .spawn(move || {
+                        let _ = db.flush();
+                    });
+            });
+        if spawned.is_err() {
+            self.started.store(false, Ordering::Release);
+        }
+    }
+
+    fn done(&self) {
+        self.since_ms.store(0, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -103,6 +180,7 @@ impl Meta {
             db: db.clone(),
             dir,
             syncer: Default::default(),
+            nudge: Default::default(),
         };
         let mut meta = Meta {
             db,

@@ -408,10 +408,7 @@ impl Store {
     /// Refuses every later write and commit (after a fault that may have left the
     /// in-memory state half changed); what was committed stays as it is on disk.
     pub fn poison(&self, why: String) {
-        let mut st = self.lock();
-        if st.poisoned.is_none() {
-            st.poisoned = Some(why);
-        }
+        self.lock().poison(why);
     }
 
     /// Makes every change so far durable (fsync, syncfs, unmount).
@@ -435,7 +432,7 @@ impl Store {
         st.meta.set_view(&view);
         sealed?;
         if let Err(e) = self.blocks.sync() {
-            st.poisoned = Some(e.to_string());
+            st.poison(e.to_string());
             return Err(e.into());
         }
         st.meta.put_raw(
@@ -457,7 +454,7 @@ impl Store {
         // Nothing is written yet if it fails: the overlay stays for the next commit.
         st.meta.bound_staged_walks(&live)?;
         if let Err(e) = st.meta.commit() {
-            st.poisoned = Some(e.to_string());
+            st.poison(e.to_string());
             return Err(e);
         }
         Ok(())
@@ -507,6 +504,19 @@ impl Store {
 }
 
 impl State {
+    /// Refuses every later write and commit, after the store could not make data durable
+    /// (a failed fsync or sled flush: the kernel may have dropped what it could not write,
+    /// so a retry could report success for lost data) or a fault left its memory half
+    /// changed. Logs one error line, the first time. Reads go on.
+    pub(crate) fn poison(&mut self, why: String) {
+        if self.poisoned.is_none() {
+            tracing::error!(
+                "refusing writes until the store is mounted again (reads go on): {why}"
+            );
+            self.poisoned = Some(why);
+        }
+    }
+
     /// Rebuilds the branch → view table from the generation records.
     pub(crate) fn refresh_heads(&mut self) -> Result<()> {
         let mut heads = HashMap::new();

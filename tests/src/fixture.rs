@@ -212,7 +212,8 @@ impl TestStore {
             .position(|l| l.trim_start().starts_with('['))
             .unwrap_or(lines.len());
         lines.insert(at, format!("{key} = {value}"));
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        // Durable, like an editor's save: a power cut of a lossy disk keeps it.
+        crate::data::write_synced(&path, (lines.join("\n") + "\n").as_bytes()).unwrap();
     }
 
     /// Sets `defrag_on_read` and `defrag_rewritten` in STORE/strata.toml: tests that

@@ -17,6 +17,7 @@ use crate::{sys, Mount, TestStore};
 pub struct Writer {
     child: Child,
     reader: JoinHandle<Vec<(u64, u64)>>,
+    errors: JoinHandle<String>,
 }
 
 impl Writer {
@@ -28,9 +29,15 @@ impl Writer {
             .arg(base.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start power_writer");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let reader = std::thread::spawn(move || {
             let mut acks = Vec::new();
@@ -50,14 +57,38 @@ impl Writer {
             }
             acks
         });
-        Writer { child, reader }
+        Writer {
+            child,
+            reader,
+            errors,
+        }
     }
 
     /// Kills the writer and returns its acknowledgements.
-    pub fn stop(mut self) -> Vec<(u64, u64)> {
+    pub fn stop(self) -> Vec<(u64, u64)> {
+        self.stop_with_error().0
+    }
+
+    /// Kills the writer and returns its acknowledgements and what it printed on stderr
+    /// (the error that stopped it, if one did).
+    pub fn stop_with_error(mut self) -> (Vec<(u64, u64)>, String) {
         let _ = sys::kill(self.child.id(), libc::SIGKILL);
         let _ = self.child.wait();
-        self.reader.join().expect("writer's reader thread")
+        let acks = self.reader.join().expect("writer's reader thread");
+        let errors = self.errors.join().expect("writer's stderr thread");
+        (acks, errors)
+    }
+
+    /// Waits (at most `timeout`) for the writer to stop by itself (at its first error).
+    pub fn wait_for_exit(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
     }
 }
 
@@ -99,6 +130,15 @@ impl Acked {
 pub fn cut_and_reboot(ts: &TestStore, mut mount: Mount<'_>, logs: &Path) -> RebootReport {
     ts.disk().cut(crate::lossy::CutMode::DropAll);
     mount.crash();
+    let report = reboot(ts, logs);
+    mount.unmount();
+    report
+}
+
+/// Takes the power of the store of `ts` while nothing has it mounted (a command that
+/// opened the store itself has ended) and brings it back.
+pub fn reboot(ts: &TestStore, logs: &Path) -> RebootReport {
+    ts.disk().cut(crate::lossy::CutMode::DropAll);
     let live_log = ts.disk().backing().join("store/daemon.log");
     if let Ok(text) = std::fs::read(&live_log) {
         use std::io::Write;
@@ -116,7 +156,6 @@ pub fn cut_and_reboot(ts: &TestStore, mut mount: Mount<'_>, logs: &Path) -> Rebo
         errors.is_empty(),
         "the lossy disk's model is wrong: {errors:?}"
     );
-    mount.unmount();
     report
 }
 

@@ -869,3 +869,27 @@ fn sigterm_unmounts_every_mount_of_the_daemon() {
     assert_eq!(read_string(&m.path("f")), "unsynced");
     m.unmount();
 }
+
+#[test]
+fn a_store_on_a_filesystem_without_sockets_mounts_and_serves_commands() {
+    let ts = TestStore::on_lossy_disk(); // refuses to create sockets (EPERM)
+    let bind = std::os::unix::net::UnixListener::bind(ts.store.join("probe.sock"));
+    assert!(bind.is_err(), "the lossy disk holds no sockets");
+    let m = ts.mount();
+    let socket = ts.control_socket();
+    assert!(socket.exists(), "{} missing", socket.display());
+    assert!(socket.starts_with("/run/strata") || std::env::var_os("STRATA_RUNTIME_DIR").is_some());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "owner only");
+    // Found from the store and from the mount point, through the daemon.
+    fs::write(m.path("f"), b"x").unwrap();
+    ok(&["snapshot", "create", s(&ts.store), "a"]);
+    ok(&["snapshot", "create", s(&ts.mnt), "b"]);
+    assert_eq!(snapshot_names(s(&ts.mnt)), ["a", "b"]);
+    assert!(ts
+        .daemon_log_tail(50)
+        .contains(&format!("listening on {}", socket.display())));
+    m.unmount();
+    assert!(!socket.exists(), "removed at the end");
+}

@@ -27,7 +27,6 @@ use super::client::with_short_path;
 use super::proto::{Progress, ProgressLine, Request, Response, MAX_REQUEST};
 use super::socket_path;
 use crate::daemon::mounts::{Daemon, MountTarget};
-use crate::error::one_line;
 use crate::ops;
 
 /// The listening socket of a daemon.
@@ -334,7 +333,7 @@ fn handle(daemon: &Arc<Daemon>, request: &Request, progress: &mut dyn FnMut(u64,
             Response::success(value)
         }
         Err(err) => {
-            let message = one_line(&format!("{err:#}"));
+            let message = crate::error::message(&err);
             info!("control: {} failed: {message}", request.op());
             Response::failure(message)
         }
