@@ -411,6 +411,11 @@ impl Store {
         self.lock().poison(why);
     }
 
+    /// Why the store refuses writes (it could not make data durable), if it does.
+    pub fn refusing_writes(&self) -> Option<String> {
+        self.lock().poisoned.clone()
+    }
+
     /// Makes every change so far durable (fsync, syncfs, unmount).
     pub fn sync(&self) -> Result<()> {
         let mut st = self.lock();
@@ -559,6 +564,9 @@ impl Drop for Store {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         if st.poisoned.is_none() && (!st.dirty.is_empty() || st.meta.is_dirty()) {
             tracing::warn!("store dropped with uncommitted changes; call close() to keep them");
+        }
+        if st.poisoned.is_some() {
+            st.meta.abandon();
         }
     }
 }

@@ -329,7 +329,16 @@ impl Mount<'_> {
     #[track_caller]
     pub fn unmount(mut self) {
         let test_store = self.test_store;
-        let run = strata(["umount".as_ref(), test_store.mnt.as_os_str()]);
+        let mut run = strata(["umount".as_ref(), test_store.mnt.as_os_str()]);
+        // Another test's child process may hold a file of this mount for the moment
+        // between its fork and its exec (descriptors are close-on-exec): retry briefly.
+        for _ in 0..20 {
+            if run.success() || !run.stderr.contains("is busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            run = strata(["umount".as_ref(), test_store.mnt.as_os_str()]);
+        }
         self.state = State::Unmounted;
         if !run.success() {
             cleanup_mount(&test_store.mnt, &test_store.store);

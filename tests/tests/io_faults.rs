@@ -254,3 +254,54 @@ fn a_disk_whose_statfs_says_it_is_full() {
     mount.unmount();
     ts.assert_verify_clean();
 }
+
+#[test]
+fn a_store_that_refuses_writes_unmounts_says_so_and_does_not_panic() {
+    let ts = TestStore::on_lossy_disk();
+    let mount = ts.mount();
+    let bin = env!("CARGO_BIN_EXE_power_writer");
+    let mut writer = Writer::start(bin.as_ref(), &ts.path("slots.dat"), 3, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    ts.disk().arm(
+        Point::new(Op::Fsync, 2).on("packs/"),
+        Action::Fail {
+            errno: libc::EIO,
+            times: Some(1),
+        },
+    );
+    assert!(writer.wait_for_exit(Duration::from_secs(20)));
+    let (acks, _) = writer.stop_with_error();
+    let mut acked = Acked::default();
+    acked.add(&acks);
+    let pid = ts.daemon_pid().expect("the daemon still runs");
+    std::mem::forget(mount); // unmounted by hand below
+    let run = strata_tests::strata(["umount", strata_tests::cli::s(&ts.mnt)]);
+    eprintln!(
+        "strata umount after the failure: {} {}",
+        run.status,
+        run.stderr.trim()
+    );
+    run.assert_error(&["is unmounted, but its store had stopped taking writes"]);
+    assert!(!strata_tests::mounts::is_mounted(&ts.mnt), "still mounted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while strata_tests::sys::process_alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon does not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(ts.store.join("daemon.log")).unwrap();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.contains(REFUSAL)).count(),
+        1,
+        "{log}"
+    );
+    let mount = ts.mount();
+    let data = std::fs::read(ts.path("slots.dat")).unwrap();
+    acked.check(&data).unwrap();
+    write_synced(&ts.path("probe"), b"mounted again").expect("writes work again");
+    mount.unmount();
+    ts.assert_verify_clean();
+}

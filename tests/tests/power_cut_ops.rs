@@ -86,6 +86,12 @@ impl Run {
         let before: Vec<u64> = KINDS.iter().map(|op| self.ts.disk().count(*op)).collect();
         self.ts.disk().arm(point.clone(), Action::Cut(mode));
         let run = strata(args);
+        assert!(
+            !run.stderr.contains("panicked"),
+            "`{}` panicked on the failing disk:\n{}",
+            args.join(" "),
+            run.stderr
+        );
         let hit = self.ts.disk().cut_mode().is_some();
         if !hit {
             let made: Vec<(Op, u64)> = KINDS

@@ -50,27 +50,36 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let pid = lock::recorded_pid(&store);
     // Does the daemon serve other mounts too? Then it stays, holding the store.
     let shown_mp = mount_point.display().to_string();
-    let others = session::daemon_status(&store)
-        .ok()
-        .flatten()
-        .is_some_and(|status| has_other_mounts(&status, &shown_mp));
+    let status = session::daemon_status(&store).ok().flatten();
+    let others = status
+        .as_ref()
+        .is_some_and(|status| has_other_mounts(status, &shown_mp));
+    let refusing = status.and_then(|status| status.refusing_writes);
     detach(&mount_point, args.lazy)
         .map_err(|err| describe_failure(err, &args.mount_point, args.lazy))?;
     let timeout = Duration::from_secs(args.timeout);
-    if others {
-        return wait_mount_gone(&store, &shown_mp, pid, timeout, args.lazy);
-    }
-    if args.lazy && lock::is_held(&store).unwrap_or(false) {
-        // The daemon exits when the last open file is closed; do not wait for that.
+    let done = if others {
+        wait_mount_gone(&store, &shown_mp, pid, timeout, args.lazy)?
+    } else if args.lazy && lock::is_held(&store).unwrap_or(false) {
         eprintln!(
             "strata: {shown} detached; {} releases {} once its open files are closed",
             lock::holder(pid),
             store.display()
         );
-        return Ok(ExitCode::SUCCESS);
+        ExitCode::SUCCESS
+    } else {
+        lock::wait_released(&store, pid, timeout)?;
+        ExitCode::SUCCESS
+    };
+    // The unmount happened, but what was written since the store stopped taking writes
+    // and not fsynced is not on disk: never report that as a clean unmount.
+    if let Some(why) = refusing {
+        bail!(
+            "{shown} is unmounted, but its store had stopped taking writes ({why}): changes \
+             made since then that were not fsynced are lost; mount it again to go on"
+        );
     }
-    lock::wait_released(&store, pid, timeout)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(done)
 }
 
 fn has_other_mounts(status: &Status, mount_point: &str) -> bool {

@@ -426,6 +426,9 @@ pub struct Status {
     pub pid: u32,
     pub store: String,
     pub mounts: Vec<MountInfo>,
+    /// Why the store refuses writes (it could not make data durable), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusing_writes: Option<String>,
 }
 
 #[cfg(test)]

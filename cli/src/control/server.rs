@@ -138,8 +138,12 @@ fn remove_stale(store: &Path, path: &Path) -> Result<()> {
         ),
         Err(_) => {
             info!("removing the stale control socket {}", path.display());
-            fs::remove_file(path)
-                .with_context(|| format!("cannot remove the stale socket {}", path.display()))
+            match fs::remove_file(path) {
+                // Another daemon's sweep removed it first.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other
+                    .with_context(|| format!("cannot remove the stale socket {}", path.display())),
+            }
         }
     }
 }

@@ -294,6 +294,7 @@ impl Daemon {
                 .iter()
                 .map(|(mp, kind)| self.mount_info(mp, kind))
                 .collect(),
+            refusing_writes: self.store.refusing_writes(),
         }
     }
 
