@@ -15,7 +15,7 @@
 //! mount's kernel requests.
 
 pub mod client;
-pub mod proto;
+pub use strata_cli::proto;
 pub mod server;
 
 use std::path::{Path, PathBuf};
