@@ -577,8 +577,29 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            other => return Ok(other?),
+            other => return other.map_err(|e| open_error(dir, e)),
         }
+    }
+}
+
+/// What a failed open of the metadata database says: the directory, and what sled
+/// found (its own text of a corruption carries an empty backtrace and no file).
+fn open_error(dir: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Corruption { at, .. } => Error::Invalid(format!(
+            "{}: the metadata database is damaged (sled found corrupted data{}); it cannot be \
+             opened",
+            dir.display(),
+            at.map(|at| format!(" at {at}")).unwrap_or_default()
+        )),
+        sled::Error::Io(source) => Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        },
+        other => Error::Invalid(format!(
+            "{}: the metadata database cannot be opened: {other}",
+            dir.display()
+        )),
     }
 }
 
