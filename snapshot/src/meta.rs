@@ -626,7 +626,13 @@ fn version_of(base: &[u8], key: &[u8]) -> Result<GenerationId> {
 pub(crate) fn unwrap_envelope(key: &[u8], v: &[u8]) -> Result<Option<Vec<u8>>> {
     match v.first() {
         Some(&PRESENT) => Ok(Some(v[1..].to_vec())),
-        Some(&TOMBSTONE) => Ok(None),
+        Some(&TOMBSTONE) if v.len() == 1 => Ok(None),
+        // A tombstone is one byte: more means damage (a present record whose envelope
+        // byte changed would otherwise read as removed).
+        Some(&TOMBSTONE) => Err(Error::BadRecord {
+            key: keys::describe(key),
+            detail: format!("a tombstone with {} bytes after it", v.len() - 1),
+        }),
         Some(b) => Err(Error::BadRecord {
             key: keys::describe(key),
             detail: format!("bad envelope byte {b} (0 = removed, 1 = present)"),
@@ -749,6 +755,18 @@ mod tests {
         m.tree.insert(&longer, &[PRESENT][..]).unwrap();
         let err = m.get(&base).unwrap_err().to_string();
         assert!(err.contains("not a version of I"), "{err}");
+    }
+
+    /// Found by the property test over `meta_value`: a tombstone followed by bytes read
+    /// as a tombstone, so a record whose envelope byte was damaged to 0 read as removed.
+    #[test]
+    fn a_tombstone_with_bytes_after_it_is_an_error() {
+        assert_eq!(unwrap_envelope(b"k", &[TOMBSTONE]).unwrap(), None);
+        assert_eq!(unwrap_envelope(b"k", &[PRESENT, 7]).unwrap(), Some(vec![7]));
+        let err = unwrap_envelope(b"k", &[TOMBSTONE, 252, 18]).unwrap_err().to_string();
+        assert!(err.contains("a tombstone with 2 bytes after it"), "{err}");
+        let err = unwrap_envelope(b"k", &[9]).unwrap_err().to_string();
+        assert!(err.contains("bad envelope byte 9"), "{err}");
     }
 
     #[test]
