@@ -763,7 +763,9 @@ mod tests {
     fn a_tombstone_with_bytes_after_it_is_an_error() {
         assert_eq!(unwrap_envelope(b"k", &[TOMBSTONE]).unwrap(), None);
         assert_eq!(unwrap_envelope(b"k", &[PRESENT, 7]).unwrap(), Some(vec![7]));
-        let err = unwrap_envelope(b"k", &[TOMBSTONE, 252, 18]).unwrap_err().to_string();
+        let err = unwrap_envelope(b"k", &[TOMBSTONE, 252, 18])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a tombstone with 2 bytes after it"), "{err}");
         let err = unwrap_envelope(b"k", &[9]).unwrap_err().to_string();
         assert!(err.contains("bad envelope byte 9"), "{err}");
