@@ -61,6 +61,8 @@ const I_STORED_LEN: usize = 12;
 const I_RAW_LEN: usize = 16;
 const I_FLAGS: usize = 20;
 pub(crate) const INDEX_VALUE_LEN: usize = 21;
+/// No record ends past this offset: a file offset (`off_t`) is signed 64-bit.
+pub(crate) const MAX_RECORD_END: u64 = i64::MAX as u64;
 
 const CHECKSUM_LEN: usize = 4;
 
@@ -205,30 +207,38 @@ impl RecordHeader {
 
     /// The rules every record header must follow.
     pub fn check_rules(&self) -> Result<(), String> {
-        let (payload, raw) = (self.payload_len, self.raw_len);
-        if self.flags & !KNOWN_FLAGS != 0 {
-            return Err(format!("unknown record flags {:#04x}", self.flags));
-        }
-        if raw as usize > MAX_BLOCK_LEN {
-            return Err(format!(
-                "raw length {raw} exceeds the {MAX_BLOCK_LEN}-byte limit"
-            ));
-        }
-        if self.is_compressed() && payload >= raw {
-            return Err(format!(
-                "compressed payload of {payload} bytes for {raw} raw bytes"
-            ));
-        }
-        if !self.is_compressed() && payload != raw {
-            return Err(format!(
-                "raw payload of {payload} bytes for {raw} raw bytes"
-            ));
-        }
+        check_lengths(self.payload_len, self.raw_len, self.flags)?;
         if !self.is_compressed() && self.payload_sum[..] != self.id.0[..CHECKSUM_LEN] {
             return Err("raw payload checksum differs from its id".into());
         }
         Ok(())
     }
+}
+
+/// The record rules on lengths and flags, shared by record headers and index values
+/// (an index value breaking them cannot point at a valid record). They bound every
+/// length a reader sizes a buffer from: `payload_len <= raw_len <= MAX_BLOCK_LEN`.
+fn check_lengths(payload: u32, raw: u32, flags: u8) -> Result<(), String> {
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(format!("unknown record flags {flags:#04x}"));
+    }
+    if raw as usize > MAX_BLOCK_LEN {
+        return Err(format!(
+            "raw length {raw} exceeds the {MAX_BLOCK_LEN}-byte limit"
+        ));
+    }
+    let compressed = flags & FLAG_ZSTD != 0;
+    if compressed && payload >= raw {
+        return Err(format!(
+            "compressed payload of {payload} bytes for {raw} raw bytes"
+        ));
+    }
+    if !compressed && payload != raw {
+        return Err(format!(
+            "raw payload of {payload} bytes for {raw} raw bytes"
+        ));
+    }
+    Ok(())
 }
 
 // ---- footer ------------------------------------------------------------------------
@@ -291,6 +301,11 @@ impl Location {
         b
     }
 
+    /// Decodes an index value. Refused: a value whose lengths and flags break the
+    /// record rules (no valid record matches it; and readers size their buffer from
+    /// `stored_len`, so an unchecked one could ask for 4 GiB), and one whose record
+    /// would start inside the pack header or end past `MAX_RECORD_END`. So the offset
+    /// arithmetic of a decoded location never overflows.
     pub fn decode(b: &[u8]) -> Result<Location, String> {
         if b.len() != INDEX_VALUE_LEN {
             return Err(format!(
@@ -298,13 +313,28 @@ impl Location {
                 b.len()
             ));
         }
-        Ok(Location {
+        let loc = Location {
             pack: PackId(u32_at(b, I_PACK)),
             offset: u64_at(b, I_OFFSET),
             stored_len: u32_at(b, I_STORED_LEN),
             raw_len: u32_at(b, I_RAW_LEN),
             flags: b[I_FLAGS],
-        })
+        };
+        check_lengths(loc.stored_len, loc.raw_len, loc.flags)
+            .map_err(|e| format!("index value: {e}"))?;
+        if loc.offset < PACK_HEADER_LEN as u64 {
+            return Err(format!(
+                "index value: offset {} lies inside the pack header",
+                loc.offset
+            ));
+        }
+        if loc.offset > MAX_RECORD_END - RECORD_HEADER_LEN as u64 - u64::from(loc.stored_len) {
+            return Err(format!(
+                "index value: offset {} is beyond any pack file",
+                loc.offset
+            ));
+        }
+        Ok(loc)
     }
 
     /// Whether `next`'s record starts where this one ends, in the same pack.
@@ -422,6 +452,69 @@ mod tests {
         );
         assert_eq!(Location::decode(&b), Ok(l));
         assert!(Location::decode(&b[..20]).is_err());
+    }
+
+    /// A damaged index value used to be believed as it was: its `stored_len` sized the
+    /// read buffer (`u32::MAX`: a 4 GiB allocation for one block), and an offset near
+    /// `u64::MAX` overflowed `record_end` (a panic in a debug build, a wrapped offset in
+    /// a release one).
+    #[test]
+    fn index_value_breaking_the_record_rules_is_refused() {
+        let good = Location {
+            pack: PackId(1),
+            offset: 16,
+            stored_len: 10,
+            raw_len: 100,
+            flags: FLAG_ZSTD,
+        };
+        assert_eq!(Location::decode(&good.encode()), Ok(good));
+        let cases = [
+            (
+                Location {
+                    stored_len: u32::MAX,
+                    raw_len: u32::MAX,
+                    flags: 0,
+                    ..good
+                },
+                "exceeds the 1048576-byte limit",
+            ),
+            (
+                Location {
+                    stored_len: 100,
+                    ..good
+                },
+                "compressed payload of 100 bytes for 100 raw bytes",
+            ),
+            (Location { flags: 0, ..good }, "raw payload of 10 bytes"),
+            (
+                Location {
+                    flags: 0x80,
+                    ..good
+                },
+                "unknown record flags 0x80",
+            ),
+            (Location { offset: 3, ..good }, "inside the pack header"),
+            (
+                Location {
+                    offset: u64::MAX - 20,
+                    ..good
+                },
+                "beyond any pack file",
+            ),
+        ];
+        for (loc, why) in cases {
+            let err = Location::decode(&loc.encode()).unwrap_err();
+            assert!(err.contains(why), "{loc:?}: {err}");
+        }
+        // The largest offset accepted still has its record end representable.
+        let last = Location {
+            offset: MAX_RECORD_END - RECORD_HEADER_LEN as u64 - 10,
+            ..good
+        };
+        assert_eq!(
+            Location::decode(&last.encode()).unwrap().record_end(),
+            MAX_RECORD_END
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@
 //! (locks).
 
 mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod index;
 mod layout;

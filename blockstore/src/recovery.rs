@@ -41,12 +41,12 @@ pub(crate) fn list_packs(dir: &Path) -> Result<Vec<(PackId, PathBuf)>> {
     Ok(packs)
 }
 
-struct Unsealed {
-    id: PackId,
-    path: PathBuf,
-    file: File,
-    len: u64,
-    header: PackHeader,
+pub(crate) struct Unsealed {
+    pub id: PackId,
+    pub path: PathBuf,
+    pub file: File,
+    pub len: u64,
+    pub header: PackHeader,
 }
 
 /// Seals every unsealed pack in `dir`; returns the first unused pack id.
@@ -111,7 +111,7 @@ fn indexed_ends(index: &sled::Tree, unsealed: &[Unsealed]) -> Result<HashMap<Pac
     Ok(ends)
 }
 
-fn repair(pack: &Unsealed, needed: Option<u64>) -> Result<()> {
+pub(crate) fn repair(pack: &Unsealed, needed: Option<u64>) -> Result<()> {
     let (path, file) = (&pack.path, &pack.file);
     let (cut, records) = match &pack.header {
         PackHeader::Good => valid_prefix(file, pack.len).map_err(io_error(path))?,
@@ -156,7 +156,7 @@ fn repair(pack: &Unsealed, needed: Option<u64>) -> Result<()> {
 }
 
 /// End of the last valid record before the first invalid one, and the records before it.
-fn valid_prefix(file: &File, len: u64) -> io::Result<(u64, u64)> {
+pub(crate) fn valid_prefix(file: &File, len: u64) -> io::Result<(u64, u64)> {
     let (mut pos, mut records) = (PACK_HEADER_LEN as u64, 0);
     while pos < len {
         match scan::record_at(file, pos, len)? {

@@ -25,17 +25,17 @@ use crate::{BlockId, PackId, Result, VerifyReport};
 const PROGRESS_STEP: u64 = 4 << 20;
 
 /// An index (or pending) entry: a valid record of `id` must start at `loc`.
-struct Expect {
-    id: BlockId,
-    loc: Location,
+pub(crate) struct Expect {
+    pub id: BlockId,
+    pub loc: Location,
 }
 
-struct PackToCheck {
-    id: PackId,
-    path: PathBuf,
+pub(crate) struct PackToCheck {
+    pub id: PackId,
+    pub path: PathBuf,
     /// Bytes to check: the file length, or for the active pack what was written.
-    len: u64,
-    active: bool,
+    pub len: u64,
+    pub active: bool,
 }
 
 /// Verifies again when a gc moved entries or deleted packs meanwhile (a scrub of a
@@ -149,7 +149,7 @@ fn dangling(report: &mut VerifyReport, store: &BlockStore, e: &Expect, why: &str
     report.bad_blocks.push(e.id);
 }
 
-fn check_pack(
+pub(crate) fn check_pack(
     pack: &PackToCheck,
     mine: &[Expect],
     report: &mut VerifyReport,

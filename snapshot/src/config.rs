@@ -78,23 +78,29 @@ impl StoreConfig {
             }
             Err(e) => return Err(Error::io(&path, e)),
         };
+        StoreConfig::parse(&text, store)
+    }
+
+    /// The superblock of the store at `store` from the text of its strata.toml.
+    pub fn parse(text: &str, store: &Path) -> Result<StoreConfig> {
+        let path = store.join(CONFIG_FILE);
         // Read the version alone first, so a newer format with other fields is refused
         // by its version rather than by a parse error.
         #[derive(Deserialize)]
         struct VersionOnly {
             format_version: u32,
         }
-        let v: VersionOnly = toml::from_str(&text).map_err(|e| {
+        let v: VersionOnly = toml::from_str(text).map_err(|e| {
             Error::Invalid(format!("{}: not a valid strata.toml: {e}", path.display()))
         })?;
         if v.format_version != FORMAT_VERSION {
             return Err(Error::UnknownVersion {
-                path: store.to_path_buf(),
+                path: path.clone(),
                 found: v.format_version,
                 supported: FORMAT_VERSION,
             });
         }
-        let cfg: StoreConfig = toml::from_str(&text).map_err(|e| {
+        let cfg: StoreConfig = toml::from_str(text).map_err(|e| {
             Error::Invalid(format!("{}: not a valid strata.toml: {e}", path.display()))
         })?;
         validate_block_size(cfg.block_size)?;

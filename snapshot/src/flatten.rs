@@ -85,14 +85,14 @@ pub struct FlattenProgress {
 /// A pass: the removable generations with their heirs, and where it is: every unit
 /// (record kind, inode) before `unit` is done, and in `unit` every base up to `base`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Pass {
-    heirs: BTreeMap<GenerationId, Option<GenerationId>>,
-    unit: Option<(u8, InodeNo)>,
-    base: Option<Vec<u8>>,
+pub(crate) struct Pass {
+    pub heirs: BTreeMap<GenerationId, Option<GenerationId>>,
+    pub unit: Option<(u8, InodeNo)>,
+    pub base: Option<Vec<u8>>,
 }
 
 impl Pass {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(4 + self.heirs.len() * 16);
         b.extend_from_slice(&(self.heirs.len() as u32).to_le_bytes());
         for (r, h) in &self.heirs {
@@ -107,33 +107,72 @@ impl Pass {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Pass> {
-        let bad = || Error::BadRecord {
-            key: FLATTEN_STATE.into(),
-            detail: format!("{} bytes do not hold a flatten pass", b.len()),
+    /// The inverse of `encode`; refuses what `encode` never writes (so a decoded pass
+    /// encodes to the same bytes). A damaged pass must not resume: a unit of an unknown
+    /// kind, or a last base outside its unit, would skip records of the generations the
+    /// pass then removes, and what the kept ones saw of them would be lost.
+    pub(crate) fn decode(b: &[u8]) -> Result<Pass> {
+        let bad = |detail: String| Error::BadRecord {
+            key: format!("state key {FLATTEN_STATE:?} (the flatten pass under way)"),
+            detail,
         };
-        let n = u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
-        let end = 4 + n * 16;
-        let list = b.get(4..end).ok_or_else(bad)?;
-        let heirs = list
-            .chunks_exact(16)
-            .map(|c| {
-                let r = u64::from_le_bytes(c[..8].try_into().unwrap());
-                let h = u64::from_le_bytes(c[8..].try_into().unwrap());
-                (GenerationId(r), (h != 0).then_some(GenerationId(h)))
-            })
-            .collect();
-        let rest = &b[end..];
+        let count = b
+            .get(..4)
+            .ok_or_else(|| bad(format!("{} bytes, too few for the count", b.len())))?;
+        let n = u32::from_le_bytes(count.try_into().unwrap()) as usize;
+        let list = b[4..]
+            .get(..n.saturating_mul(16))
+            .ok_or_else(|| bad(format!("{n} generations listed in {} bytes", b.len())))?;
+        let mut heirs = BTreeMap::new();
+        for c in list.chunks_exact(16) {
+            let r = u64::from_le_bytes(c[..8].try_into().unwrap());
+            let h = u64::from_le_bytes(c[8..].try_into().unwrap());
+            if r == 0
+                || heirs
+                    .last_key_value()
+                    .is_some_and(|(l, _)| GenerationId(r) <= *l)
+            {
+                return Err(bad(format!(
+                    "generation {r} is listed out of order (ids ascend from 1)"
+                )));
+            }
+            heirs.insert(GenerationId(r), (h != 0).then_some(GenerationId(h)));
+        }
+        if let Some((r, h)) = heirs
+            .iter()
+            .find_map(|(r, h)| h.filter(|h| heirs.contains_key(h)).map(|h| (r, h)))
+        {
+            return Err(bad(format!(
+                "generation {} is the heir of {} and is removed too",
+                h.0, r.0
+            )));
+        }
+        let rest = &b[4 + list.len()..];
         let (unit, base) = match rest.len() {
             0 => (None, None),
-            1..=8 => return Err(bad()),
-            n => (
-                Some((
-                    rest[0],
-                    InodeNo(u64::from_be_bytes(rest[1..9].try_into().unwrap())),
-                )),
-                (n > 9).then(|| rest[9..].to_vec()),
-            ),
+            1..=8 => return Err(bad(format!("a cursor of {} bytes", rest.len()))),
+            len => {
+                let kind = rest[0];
+                if !KINDS.contains(&kind) {
+                    return Err(bad(format!(
+                        "the cursor's record kind {:?} is not one of B, D, I, O, X",
+                        kind as char
+                    )));
+                }
+                let ino = InodeNo(u64::from_be_bytes(rest[1..9].try_into().unwrap()));
+                let base = (len > 9).then(|| rest[9..].to_vec());
+                if let Some(base) = &base {
+                    if !base.starts_with(&rest[..9]) {
+                        return Err(bad(format!(
+                            "the cursor's last base {} is not in its unit",
+                            keys::describe(base)
+                        )));
+                    }
+                    keys::check_base(base)
+                        .map_err(|e| bad(format!("the cursor's last base: {e}")))?;
+                }
+                (Some((kind, ino)), base)
+            }
         };
         Ok(Pass { heirs, unit, base })
     }
@@ -382,7 +421,8 @@ impl Store {
             let mut stopped = false;
             for item in range {
                 let (k, v) = item?;
-                let (kb, g) = keys::split_versioned(&k);
+                let (kb, g) =
+                    keys::check_versioned(&k).map_err(|e| crate::meta::malformed(&k, e))?;
                 if kb != base.as_slice() {
                     if !group.is_empty() {
                         work += group.len();
@@ -702,5 +742,58 @@ mod tests {
         };
         assert_eq!(Pass::decode(&fresh.encode()).unwrap(), fresh);
         assert!(Pass::decode(&[9, 0, 0, 0, 1]).is_err());
+    }
+
+    /// A damaged pass used to resume as if it were sound. A cursor of an unknown record
+    /// kind put the pass past its last unit (`position` found no kind), so the next
+    /// batch finished it at once: the removed generations' records were never folded,
+    /// and the kept generations lost what they saw of them. A last base outside its
+    /// unit skipped the unit the same way, and a list out of order or with a generation
+    /// twice decoded to another list than the one written.
+    #[test]
+    fn a_damaged_pass_is_refused() {
+        let good = Pass {
+            heirs: [
+                (GenerationId(3), Some(GenerationId(9))),
+                (GenerationId(4), None),
+            ]
+            .into_iter()
+            .collect(),
+            unit: Some((keys::BLOCK, InodeNo(7))),
+            base: Some(keys::block(InodeNo(7), 3)),
+        };
+        let b = good.encode();
+        let mut kind = b.clone();
+        kind[4 + 32] = b'Z';
+        let mut outside = b.clone();
+        let n = outside.len();
+        outside[n - 9] ^= 1; // the base's inode
+        let mut order = b.clone();
+        order[4..12].copy_from_slice(&5u64.to_le_bytes()); // 5 before 4
+        let mut twice = b.clone();
+        twice[4..12].copy_from_slice(&4u64.to_le_bytes());
+        let mut heir_removed = b.clone();
+        heir_removed[12..20].copy_from_slice(&4u64.to_le_bytes());
+        let mut short_base = b.clone();
+        short_base.truncate(n - 3);
+        let cases = [
+            (kind, "record kind 'Z' is not one of B, D, I, O, X"),
+            (outside, "is not in its unit"),
+            (order, "generation 4 is listed out of order"),
+            (twice, "generation 4 is listed out of order"),
+            (
+                heir_removed,
+                "generation 4 is the heir of 3 and is removed too",
+            ),
+            (short_base, "the cursor's last base"),
+            (
+                b[..b.len() - keys::block(InodeNo(7), 3).len() - 4].to_vec(),
+                "a cursor of 5 bytes",
+            ),
+        ];
+        for (bytes, why) in cases {
+            let err = Pass::decode(&bytes).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("flatten"), "{why}: {err}");
+        }
     }
 }

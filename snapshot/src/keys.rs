@@ -173,6 +173,68 @@ pub fn split_versioned(key: &[u8]) -> (&[u8], GenerationId) {
     )
 }
 
+/// Splits a versioned key read from the tree into its base and generation, checking
+/// that the base has the shape this module builds for its kind: `I`/`O` ino, `B` ino
+/// index, `D`/`X` ino name NUL (a name of at least one byte, without NUL). The
+/// accessors above (`key_ino`, `block_index`, `dirent_name`, `xattr_name`) may then be
+/// used on the base; on a key of another shape they would panic. Such a key is damage
+/// (sled checksums its pages, so rather a bug than the disk): the caller reports it.
+pub fn check_versioned(key: &[u8]) -> Result<(&[u8], GenerationId), String> {
+    if key.len() <= GEN_SUFFIX_LEN {
+        return Err(format!(
+            "{} bytes, too short for a versioned key",
+            key.len()
+        ));
+    }
+    let (base, gen) = split_versioned(key);
+    check_base(base)?;
+    Ok((base, gen))
+}
+
+/// The shape check of `check_versioned`, for a base alone.
+pub fn check_base(base: &[u8]) -> Result<(), String> {
+    let len = base.len();
+    let want = |n: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "a base of kind {:?} is {n} bytes, not {len}",
+                base[0] as char
+            ))
+        }
+    };
+    match base.first() {
+        None => Err("empty base".into()),
+        Some(&INODE) | Some(&ORPHAN) => want(9),
+        Some(&BLOCK) => want(17),
+        Some(&DIRENT) | Some(&XATTR) => {
+            if len < 11 || base[len - 1] != 0 {
+                Err("a name base does not end with a name and a NUL byte".into())
+            } else if base[9..len - 1].contains(&0) {
+                Err("a name holds a NUL byte".into())
+            } else {
+                Ok(())
+            }
+        }
+        Some(&k) => Err(format!("{:?} is not a kind of versioned record", k as char)),
+    }
+}
+
+/// A key as text for messages: printable ASCII as is, other bytes escaped.
+pub fn describe(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}
+
+/// The inode of a change-index key (`C gen ino`), if `key` is one.
+pub fn split_change(key: &[u8]) -> Option<(GenerationId, InodeNo)> {
+    if key.len() != 17 || key[0] != CHANGE {
+        return None;
+    }
+    let u = |r: std::ops::Range<usize>| u64::from_be_bytes(key[r].try_into().unwrap());
+    Some((GenerationId(u(1..9)), InodeNo(u(9..17))))
+}
+
 /// `kind ino chunk` (kind `R` or `P`): every read-index entry of one chunk.
 fn chunk_prefix(kind: u8, ino: InodeNo, chunk: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(26);

@@ -23,6 +23,8 @@ mod diff;
 mod durable;
 mod error;
 mod flatten;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod generation;
 mod inode;

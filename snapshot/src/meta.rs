@@ -317,7 +317,7 @@ impl Meta {
         let lo = keys::versioned(base, GenerationId(0));
         for (n, item) in self.tree.range(lo..live_key).rev().enumerate() {
             let (k, v) = item?;
-            let (_, gen) = keys::split_versioned(&k);
+            let gen = version_of(base, &k)?;
             if self.view.ancestors.contains(&gen.0) {
                 return Ok(Some(unwrap_envelope(&k, &v)?));
             }
@@ -337,7 +337,7 @@ impl Meta {
         let hi = keys::versioned(base, self.view.gen);
         for item in self.tree.range(lo..hi).rev() {
             let (k, v) = item?;
-            let (_, gen) = keys::split_versioned(&k);
+            let gen = version_of(base, &k)?;
             if self.view.ancestors.contains(&gen.0) {
                 return Ok(v.first() == Some(&PRESENT));
             }
@@ -365,11 +365,13 @@ impl Meta {
     /// The inodes generation `gen` changed, in order.
     pub fn changes_of(&self, gen: GenerationId) -> Result<Vec<crate::types::InodeNo>> {
         let prefix = keys::change_prefix(gen);
-        Ok(self
-            .merged_range(&prefix, prefix_end(&prefix).as_deref())?
+        self.merged_range(&prefix, prefix_end(&prefix).as_deref())?
             .into_iter()
-            .map(|(k, _)| crate::types::InodeNo(u64::from_be_bytes(k[9..17].try_into().unwrap())))
-            .collect())
+            .map(|(k, _)| match keys::split_change(&k) {
+                Some((_, ino)) => Ok(ino),
+                None => Err(malformed(&k, "not a change-index key".into())),
+            })
+            .collect()
     }
 
     /// Every stored version (of every generation) of the records whose base starts with
@@ -386,10 +388,7 @@ impl Meta {
         let mut out = Vec::new();
         for item in self.merged_iter(lo, hi).take(max) {
             let (k, v) = item?;
-            if k.len() < GEN_SUFFIX_LEN + 1 {
-                continue;
-            }
-            let (base, gen) = keys::split_versioned(&k);
+            let (base, gen) = keys::check_versioned(&k).map_err(|e| malformed(&k, e))?;
             out.push((base.to_vec(), gen, unwrap_envelope(base, &v)?));
         }
         Ok(out)
@@ -519,10 +518,7 @@ pub(crate) fn select_visible<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     for item in items {
         let (k, v) = item?;
         let k = k.as_ref();
-        if k.len() < GEN_SUFFIX_LEN + 1 {
-            continue;
-        }
-        let (base, gen) = keys::split_versioned(k);
+        let (base, gen) = keys::check_versioned(k).map_err(|e| malformed(k, e))?;
         if cur.as_ref().map(|(b, _)| b.as_slice()) != Some(base) {
             flush(&mut cur, &mut out)?;
             cur = Some((base.to_vec(), None));
@@ -675,7 +671,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            other => return Ok(other?),
+            other => return other.map_err(|e| open_error(dir, e)),
         }
     }
 }
@@ -714,13 +710,64 @@ fn remove_interrupted_snapshots(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn unwrap_envelope(key: &[u8], v: &[u8]) -> Result<Option<Vec<u8>>> {
+/// What a failed open of the metadata database says: the directory, and what sled
+/// found (its own text of a corruption carries an empty backtrace and no file).
+fn open_error(dir: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Corruption { at, .. } => Error::Invalid(format!(
+            "{}: the metadata database is damaged (sled found corrupted data{}); it cannot be \
+             opened",
+            dir.display(),
+            at.map(|at| format!(" at {at}")).unwrap_or_default()
+        )),
+        sled::Error::Io(source) => Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        },
+        other => Error::Invalid(format!(
+            "{}: the metadata database cannot be opened: {other}",
+            dir.display()
+        )),
+    }
+}
+
+/// A key of the tree that does not have the shape of its kind.
+pub(crate) fn malformed(key: &[u8], detail: String) -> Error {
+    Error::BadRecord {
+        key: format!("malformed key {}", keys::describe(key)),
+        detail,
+    }
+}
+
+/// The generation of `key`, a version of `base` found by a range read of its versions
+/// (any other key there is malformed: bases are prefix-free).
+fn version_of(base: &[u8], key: &[u8]) -> Result<GenerationId> {
+    if key.len() != base.len() + GEN_SUFFIX_LEN || !key.starts_with(base) {
+        return Err(malformed(
+            key,
+            format!("not a version of {}", keys::describe(base)),
+        ));
+    }
+    Ok(keys::split_versioned(key).1)
+}
+
+pub(crate) fn unwrap_envelope(key: &[u8], v: &[u8]) -> Result<Option<Vec<u8>>> {
     match v.first() {
         Some(&PRESENT) => Ok(Some(v[1..].to_vec())),
-        Some(&TOMBSTONE) => Ok(None),
-        _ => Err(Error::BadRecord {
-            key: format!("{key:?}"),
-            detail: "bad envelope byte".into(),
+        Some(&TOMBSTONE) if v.len() == 1 => Ok(None),
+        // A tombstone is one byte: more means damage (a present record whose envelope
+        // byte changed would otherwise read as removed).
+        Some(&TOMBSTONE) => Err(Error::BadRecord {
+            key: keys::describe(key),
+            detail: format!("a tombstone with {} bytes after it", v.len() - 1),
+        }),
+        Some(b) => Err(Error::BadRecord {
+            key: keys::describe(key),
+            detail: format!("bad envelope byte {b} (0 = removed, 1 = present)"),
+        }),
+        None => Err(Error::BadRecord {
+            key: keys::describe(key),
+            detail: "empty value (no envelope byte)".into(),
         }),
     }
 }
@@ -798,6 +845,58 @@ mod tests {
         );
         m.set_view(&view(1, &[]));
         assert_eq!(m.get(&b).unwrap(), Some(b"B1".to_vec()));
+    }
+
+    /// Keys of the wrong shape (as a bug or a damaged database could leave them) used to
+    /// panic the reader: a directory entry key without a name (`dirent_name` sliced past
+    /// its end: a `readdir`), a change-index key too short (`changes_of` read 8 bytes
+    /// that are not there: a diff or a flatten), and a key inside a base's range that
+    /// is not a version of it was read as one (another record's bytes). Each is now an
+    /// error naming the key.
+    #[test]
+    fn malformed_keys_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Meta::open(dir.path()).unwrap();
+        m.set_view(&view(2, &[1]));
+        let mut no_name = keys::dir_prefix(InodeNo(1));
+        no_name.extend_from_slice(&1u64.to_be_bytes());
+        m.tree
+            .insert(&no_name, &[PRESENT, 5, 0, 0, 0, 0, 0, 0, 0, 1][..])
+            .unwrap();
+        let err = m
+            .scan(&keys::dir_prefix(InodeNo(1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("malformed key D") && err.contains("NUL"),
+            "{err}"
+        );
+        let mut short = keys::change_prefix(GenerationId(2));
+        short.push(7);
+        m.tree.insert(&short, &[][..]).unwrap();
+        let err = m.changes_of(GenerationId(2)).unwrap_err().to_string();
+        assert!(err.contains("not a change-index key"), "{err}");
+        // Inside the range of `I 3`'s versions, but a longer key.
+        let base = keys::inode(InodeNo(3));
+        let mut longer = keys::versioned(&base, GenerationId(0));
+        longer.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        m.tree.insert(&longer, &[PRESENT][..]).unwrap();
+        let err = m.get(&base).unwrap_err().to_string();
+        assert!(err.contains("not a version of I"), "{err}");
+    }
+
+    /// Found by the property test over `meta_value`: a tombstone followed by bytes read
+    /// as a tombstone, so a record whose envelope byte was damaged to 0 read as removed.
+    #[test]
+    fn a_tombstone_with_bytes_after_it_is_an_error() {
+        assert_eq!(unwrap_envelope(b"k", &[TOMBSTONE]).unwrap(), None);
+        assert_eq!(unwrap_envelope(b"k", &[PRESENT, 7]).unwrap(), Some(vec![7]));
+        let err = unwrap_envelope(b"k", &[TOMBSTONE, 252, 18])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a tombstone with 2 bytes after it"), "{err}");
+        let err = unwrap_envelope(b"k", &[9]).unwrap_err().to_string();
+        assert!(err.contains("bad envelope byte 9"), "{err}");
     }
 
     #[test]

@@ -269,3 +269,28 @@ fn small_reads_find_each_block_by_itself_or_fall_back_to_the_walk() {
         .unwrap()
         .is_none());
 }
+
+/// A read-index key of the wrong length used to panic verify (`split_chunk` read the
+/// chunk before `split_rkey` checked the length); it is reported as a bad key.
+#[test]
+fn verify_reports_a_short_read_index_key() {
+    let (_dir, s, ino) = history(3);
+    {
+        let st = s.lock();
+        let tree = st.meta.db().open_tree(crate::meta::TREE).unwrap();
+        let mut short = crate::keys::rchunk(ino, 0);
+        short.truncate(12);
+        tree.insert(&short, &[1u8][..]).unwrap();
+        let mut p_short = crate::keys::pchunk(ino, 0);
+        p_short.truncate(11);
+        tree.insert(&p_short, &[0u8; 8][..]).unwrap();
+    }
+    let report = s.verify(&mut |_, _| {}).unwrap();
+    let bad: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.contains("read index: bad key"))
+        .collect();
+    assert_eq!(bad.len(), 2, "{:?}", report.problems);
+    s.close().unwrap();
+}

@@ -19,7 +19,7 @@
 //! mount's kernel requests.
 
 pub mod client;
-pub mod proto;
+pub use strata_cli::proto;
 pub mod server;
 
 use std::os::unix::ffi::OsStrExt;

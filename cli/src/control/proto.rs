@@ -21,6 +21,23 @@ use strata_snapshot::{BranchInfo, DiffEntry, HistoryEntry, SnapshotInfo, Snapsho
 /// Longest request line the daemon reads.
 pub const MAX_REQUEST: usize = 1 << 20;
 
+/// Reads one request line from `r`, as the daemon reads it from a client: at most
+/// `MAX_REQUEST` bytes, UTF-8, ending in a newline, one JSON object. The error says what
+/// was wrong (it is the reply's `error`).
+pub fn read_request(r: impl std::io::Read) -> Result<Request, String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(r.take(MAX_REQUEST as u64));
+    match reader.read_line(&mut line) {
+        Ok(0) => Err("empty request".into()),
+        Ok(_) if !line.ends_with('\n') => Err(format!(
+            "request line too long or not terminated (at most {MAX_REQUEST} bytes)"
+        )),
+        Ok(_) => serde_json::from_str(line.trim_end()).map_err(|err| format!("bad request: {err}")),
+        Err(err) => Err(format!("cannot read the request: {err}")),
+    }
+}
+
 /// One request. `branch`: the branch to act on, if the user named one; `via`: the mount
 /// point the user named the store by, whose branch is the default (else `main`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@
 //! is still ours.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, info, warn};
 
 use super::client::with_short_path;
-use super::proto::{Progress, ProgressLine, Request, Response, MAX_REQUEST};
+use super::proto::{read_request, Progress, ProgressLine, Request, Response};
 use super::socket_path;
 use crate::daemon::mounts::{Daemon, MountTarget};
 use crate::ops;
@@ -222,20 +222,6 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// Reads one request line (at most `MAX_REQUEST` bytes).
-fn read_request(stream: &UnixStream) -> Result<Request, String> {
-    let mut line = String::new();
-    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
-    match reader.read_line(&mut line) {
-        Ok(0) => Err("empty request".into()),
-        Ok(_) if !line.ends_with('\n') => Err(format!(
-            "request line too long or not terminated (at most {MAX_REQUEST} bytes)"
-        )),
-        Ok(_) => serde_json::from_str(line.trim_end()).map_err(|err| format!("bad request: {err}")),
-        Err(err) => Err(format!("cannot read the request: {err}")),
-    }
-}
-
 fn serve(stream: UnixStream, daemon: &Arc<Daemon>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
@@ -349,6 +335,7 @@ mod tests {
     use super::*;
     use crate::control::client;
     use crate::control::proto::{Snapshot, Status};
+    use std::io::{BufRead, BufReader};
 
     /// A daemon with no mounts over a fresh store in a temp dir, and its socket.
     fn daemon(tag: &str) -> (PathBuf, Arc<Daemon>, Server) {

@@ -12,57 +12,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
-use strata_snapshot::{KeepPolicy, VolumeKind};
+use anyhow::Result;
+use strata_snapshot::VolumeKind;
 use tracing::{error, info};
 
 use super::mounts::Daemon;
 use crate::ops::Host;
 
-/// A schedule of automatic snapshots.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AutoSnapshots {
-    pub every: Duration,
-    pub keep: Option<KeepPolicy>,
-}
-
-/// Parses `30s`, `15m`, `1h`, `1d` (a number and a unit).
-pub fn parse_interval(text: &str) -> Result<Duration> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = match num.parse() {
-        Ok(n) if n > 0 => n,
-        _ => bail!("invalid interval {text:?}: expected a number and a unit, e.g. 15m"),
-    };
-    let secs = match unit {
-        "s" => n,
-        "m" | "min" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => bail!("invalid interval {text:?}: the unit must be s, m, h or d"),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
-impl AutoSnapshots {
-    /// From the command line or the store's config (`None`: no automatic snapshots).
-    pub fn parse(every: Option<&str>, keep: Option<&str>) -> Result<Option<AutoSnapshots>> {
-        let Some(every) = every else {
-            if keep.is_some() {
-                bail!("--keep needs --snapshot-every (it prunes automatic snapshots)");
-            }
-            return Ok(None);
-        };
-        let keep = match keep {
-            Some(k) => Some(KeepPolicy::parse(k).map_err(|e| anyhow::anyhow!("{e}"))?),
-            None => None,
-        };
-        Ok(Some(AutoSnapshots {
-            every: parse_interval(every)?,
-            keep,
-        }))
-    }
-}
+pub use strata_cli::schedule::AutoSnapshots;
 
 /// Seconds to wait from `now` (since the epoch) to the next multiple of `every`.
 fn until_next(now: Duration, every: Duration) -> Duration {
@@ -129,24 +86,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn intervals_parse_and_align() {
-        assert_eq!(parse_interval("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_interval("1d").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_interval("30s").unwrap(), Duration::from_secs(30));
-        for bad in ["", "15", "m", "0m", "3w", "-1h"] {
-            assert!(parse_interval(bad).is_err(), "{bad}");
-        }
+    fn intervals_align() {
         let e = Duration::from_secs(900);
         assert_eq!(
             until_next(Duration::from_secs(900 * 7 + 100), e).as_secs(),
             800
         );
         assert_eq!(until_next(Duration::from_secs(900 * 7), e).as_secs(), 900);
-        assert!(AutoSnapshots::parse(None, Some("daily=7")).is_err());
-        assert_eq!(AutoSnapshots::parse(None, None).unwrap(), None);
-        let a = AutoSnapshots::parse(Some("1h"), Some("hourly=24"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.keep.unwrap().hourly, 24);
     }
 }

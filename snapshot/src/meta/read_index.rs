@@ -311,6 +311,7 @@ impl Meta {
         let mut next = None;
         for item in self.tree.range(block_at(from)..vec![keys::BLOCK + 1]) {
             let (k, v) = item?;
+            keys::check_versioned(&k).map_err(|e| super::malformed(&k, e))?;
             if blocks.len() >= max {
                 let (ino, idx) = (keys::key_ino(&k), keys::block_index(&k));
                 let (last_ino, last_idx) = blocks
@@ -338,10 +339,10 @@ impl Meta {
         let r_end = upto(keys::READ, keys::rchunk);
         for item in self.tree.range(keys::rchunk(from.0, from.1)..r_end) {
             let (k, v) = item?;
-            let (ino, chunk) = keys::split_chunk(&k);
             match keys::split_rkey(&k) {
-                None => problems.push(format!("read index: bad key {:?}", k.as_ref())),
+                None => problems.push(format!("read index: bad key {}", keys::describe(&k))),
                 Some((_, slot)) => {
+                    let (ino, chunk) = keys::split_chunk(&k);
                     if twins.remove(k.as_ref()) != Some(v) {
                         problems.push(format!(
                             "read index: inode {} block {} differs from the block map",
@@ -360,11 +361,11 @@ impl Meta {
         let p_end = upto(keys::CHECKPOINT, keys::pchunk);
         for item in self.tree.range(keys::pchunk(from.0, from.1)..p_end) {
             let (k, _) = item?;
-            let (ino, chunk) = keys::split_chunk(&k);
             let Some(g) = keys::split_pkey(&k) else {
-                problems.push(format!("read index: bad key {:?}", k.as_ref()));
+                problems.push(format!("read index: bad key {}", keys::describe(&k)));
                 continue;
             };
+            let (ino, chunk) = keys::split_chunk(&k);
             if !self
                 .tree
                 .contains_key(keys::checkpoint_ref(g, ino, chunk))?

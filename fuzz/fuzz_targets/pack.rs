@@ -1,0 +1,3 @@
+#![no_main]
+//! `strata_blockstore::fuzzing::pack` (docs/fuzzing.md).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| strata_blockstore::fuzzing::pack(data));

@@ -1,0 +1,3 @@
+#![no_main]
+//! `strata_cli::fuzzing::schedule` (docs/fuzzing.md).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| strata_cli::fuzzing::schedule(data));
