@@ -47,6 +47,30 @@ fn point(rng: &mut Rng) -> Option<Point> {
     Some(if path.is_empty() { p } else { p.on(path) })
 }
 
+/// Cuts the power of the disk of `ts` at a random named point (or, if it is not reached
+/// within 3 s, then) or at a random time; returns the mode, what was cut, and whether
+/// a named point took it.
+fn cut_somewhere(ts: &TestStore, rng: &mut Rng) -> (CutMode, String, bool) {
+    let mode = mode(rng);
+    match point(rng) {
+        Some(p) => {
+            ts.disk().arm(p.clone(), Action::Cut(mode));
+            if ts.disk().wait_for_cut(Duration::from_secs(3)) {
+                (mode, format!("at {p:?}"), true)
+            } else {
+                ts.disk().cut(mode);
+                (mode, format!("after 3 s ({p:?} not reached)"), false)
+            }
+        }
+        None => {
+            let ms = rng.range(20, 1500);
+            std::thread::sleep(Duration::from_millis(ms));
+            ts.disk().cut(mode);
+            (mode, format!("after {ms} ms"), false)
+        }
+    }
+}
+
 #[test]
 fn fsynced_records_survive_power_cuts() {
     let cuts = cuts(12);
@@ -73,28 +97,12 @@ fn fsynced_records_survive_power_cuts() {
             rng.next_u64(),
             (cut + 1) * 1_000_000,
         );
-        let mode = mode(&mut rng);
-        let point = point(&mut rng);
-        let what = match point.clone() {
-            Some(p) => {
-                ts.disk().arm(p.clone(), Action::Cut(mode));
-                if ts.disk().wait_for_cut(Duration::from_secs(3)) {
-                    at_points += 1;
-                    format!("at {p:?}")
-                } else {
-                    ts.disk().cut(mode);
-                    at_times += 1;
-                    format!("after 3 s ({p:?} not reached)")
-                }
-            }
-            None => {
-                let ms = rng.range(20, 1500);
-                std::thread::sleep(Duration::from_millis(ms));
-                ts.disk().cut(mode);
-                at_times += 1;
-                format!("after {ms} ms")
-            }
-        };
+        let (mode, what, at_point) = cut_somewhere(&ts, &mut rng);
+        if at_point {
+            at_points += 1;
+        } else {
+            at_times += 1;
+        }
         let report = cut_and_reboot(&ts, mount, &logs);
         let acks = writer.stop();
         acked.add(&acks);
@@ -238,24 +246,7 @@ fn sqlite_wal_commits_survive_power_cuts() {
             }
             acks
         });
-        let mode = mode(&mut rng);
-        let what = match point(&mut rng) {
-            Some(p) => {
-                ts.disk().arm(p.clone(), Action::Cut(mode));
-                if ts.disk().wait_for_cut(Duration::from_secs(3)) {
-                    format!("at {p:?}")
-                } else {
-                    ts.disk().cut(mode);
-                    format!("after 3 s ({p:?} not reached)")
-                }
-            }
-            None => {
-                let ms = rng.range(50, 1500);
-                std::thread::sleep(Duration::from_millis(ms));
-                ts.disk().cut(mode);
-                format!("after {ms} ms")
-            }
-        };
+        let (mode, what, _) = cut_somewhere(&ts, &mut rng);
         let report = cut_and_reboot(&ts, mount, &logs);
         let _ = strata_tests::sys::kill(child.id(), libc::SIGKILL);
         let _ = child.wait();

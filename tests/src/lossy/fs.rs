@@ -1028,7 +1028,7 @@ impl Filesystem for LossyFs {
             }
             let (file, _) = st.file(fh)?;
             st.before_modify(ino.0, offset, offset + length)?;
-            sys::fallocate(&file, mode, offset, length)?;
+            crate::sys::fallocate(&file, mode, offset, length)?;
             Ok(())
         })();
         drop(st);

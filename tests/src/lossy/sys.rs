@@ -184,19 +184,6 @@ pub fn set_times(
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
-pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: no pointers.
-    check(unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    })
-    .map(drop)
-}
-
 pub fn lseek(file: &File, offset: i64, whence: i32) -> io::Result<i64> {
     // SAFETY: no pointers.
     let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
