@@ -40,6 +40,14 @@ pub struct StoreConfig {
     /// "Defragmentation of rewritten files").
     #[serde(default = "default_true")]
     pub defrag_rewritten: bool,
+    /// Largest size of the intent log in MiB (docs/intent-log.md): past half of it the
+    /// background commit empties it, and an fsync that finds it full commits instead.
+    #[serde(default = "default_intent_log_mib")]
+    pub intent_log_mib: u64,
+}
+
+fn default_intent_log_mib() -> u64 {
+    64
 }
 
 fn default_true() -> bool {
@@ -64,6 +72,7 @@ impl StoreConfig {
             auto_snapshot_keep: None,
             defrag_on_read: true,
             defrag_rewritten: true,
+            intent_log_mib: default_intent_log_mib(),
         })
     }
 

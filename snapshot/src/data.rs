@@ -94,7 +94,8 @@ impl Store {
     }
 
     /// The buffer of block `idx`, created on first use: filled from the committed block
-    /// when `load` (a partial overwrite), else zeros.
+    /// when `load` (a partial overwrite), else zeros. The caller changes bytes `changed`
+    /// of it (noted for the intent log).
     fn dirty_block<'a>(
         &self,
         st: &'a mut State,
@@ -102,6 +103,7 @@ impl Store {
         idx: u64,
         rec: &mut InodeRecord,
         load: bool,
+        changed: std::ops::Range<usize>,
     ) -> Result<&'a mut [u8]> {
         let bs = self.bs() as usize;
         let exists = st
@@ -118,10 +120,20 @@ impl Store {
             if committed.is_none() {
                 rec.blocks += units(self.config.block_size);
             }
-            st.dirty_entry(ino).blocks.insert(idx, buf);
+            st.dirty_entry(ino).blocks.insert(
+                idx,
+                crate::store::DirtyBlock {
+                    data: buf,
+                    unlogged: None,
+                },
+            );
             st.dirty_bytes += bs;
         }
-        Ok(st.dirty_of_mut(ino).unwrap().blocks.get_mut(&idx).unwrap())
+        st.data_unlogged = true;
+        st.unlogged_bytes += changed.len() as u64;
+        let block = st.dirty_of_mut(ino).unwrap().blocks.get_mut(&idx).unwrap();
+        block.touch(changed);
+        Ok(&mut block.data)
     }
 
     /// Makes block `idx` a hole: drops its buffer and its map record.
@@ -133,10 +145,8 @@ impl Store {
         rec: &mut InodeRecord,
     ) -> Result<()> {
         let was = st.is_allocated(ino, idx)?;
-        if let Some(d) = st.dirty_of_mut(ino) {
-            if d.blocks.remove(&idx).is_some() {
-                st.dirty_bytes -= self.bs() as usize;
-            }
+        if st.dirty_drop_block(ino, idx) {
+            st.dirty_bytes -= self.bs() as usize;
         }
         if st.committed_block(ino, idx)?.is_some() {
             st.meta.delete(&keys::block(ino, idx))?;
@@ -166,8 +176,9 @@ impl Store {
             if n == bs {
                 self.drop_block(st, ino, idx, rec)?;
             } else if st.is_allocated(ino, idx)? {
-                let buf = self.dirty_block(st, ino, idx, rec, true)?;
-                buf[boff as usize..(boff + n) as usize].fill(0);
+                let range = boff as usize..(boff + n) as usize;
+                let buf = self.dirty_block(st, ino, idx, rec, true, range.clone())?;
+                buf[range].fill(0);
             }
             pos += n;
         }
@@ -232,7 +243,7 @@ impl Volume {
             let boff = (pos % bs) as usize;
             let n = ((bs as usize) - boff).min((end - pos) as usize);
             let full = n == bs as usize;
-            let buf = self.dirty_block(&mut st, ino, idx, &mut rec, !full)?;
+            let buf = self.dirty_block(&mut st, ino, idx, &mut rec, !full, boff..boff + n)?;
             buf[boff..boff + n].copy_from_slice(&data[done..done + n]);
             pos += n as u64;
             done += n;
@@ -291,8 +302,8 @@ impl Volume {
             let idx = pos / bs;
             let boff = (pos % bs) as usize;
             let n = ((bs as usize) - boff).min((end - pos) as usize);
-            let piece = if let Some(buf) = dirty.and_then(|d| d.blocks.get(&idx)) {
-                Piece::Dirty(buf[boff..boff + n].to_vec())
+            let piece = if let Some(b) = dirty.and_then(|d| d.blocks.get(&idx)) {
+                Piece::Dirty(b.data[boff..boff + n].to_vec())
             } else if let Some(id) = committed.get(&idx) {
                 ids.push(*id);
                 Piece::Stored(boff)
@@ -337,9 +348,10 @@ impl Volume {
         Ok(out)
     }
 
-    /// Commits everything: fsync, fdatasync and syncfs all end here.
+    /// fsync, fdatasync and the fsync of a directory end here: every change so far is
+    /// made durable through the intent log (docs/intent-log.md).
     pub fn fsync(&self, _ino: InodeNo) -> Result<()> {
-        self.sync()
+        self.sync_log()
     }
 
     pub fn fallocate(
@@ -454,16 +466,17 @@ impl Volume {
             let whole = len / bs;
             for i in 0..whole {
                 let (si, di) = (off_in / bs + i, off_out / bs + i);
-                let dirty_src = st.dirty_of(src).and_then(|d| d.blocks.get(&si)).cloned();
+                let dirty_src = st
+                    .dirty_of(src)
+                    .and_then(|d| d.blocks.get(&si))
+                    .map(|b| b.data.clone());
                 if let Some(buf) = dirty_src {
-                    let b = self.dirty_block(&mut st, dst, di, &mut drec, false)?;
+                    let b = self.dirty_block(&mut st, dst, di, &mut drec, false, 0..bs as usize)?;
                     b.copy_from_slice(&buf);
                 } else if let Some(id) = st.committed_block(src, si)? {
                     let was = st.is_allocated(dst, di)?;
-                    if let Some(d) = st.dirty_of_mut(dst) {
-                        if d.blocks.remove(&di).is_some() {
-                            st.dirty_bytes -= bs as usize;
-                        }
+                    if st.dirty_drop_block(dst, di) {
+                        st.dirty_bytes -= bs as usize;
                     }
                     st.meta.put(&keys::block(dst, di), &id.0);
                     if !was {
@@ -528,7 +541,8 @@ impl Store {
             if self.config.defrag_rewritten && size < crate::defrag_on_read::MIN_READ_BYTES {
                 small.insert(*key);
             }
-            for (idx, buf) in &d.blocks {
+            for (idx, block) in &d.blocks {
+                let buf = &block.data;
                 let start = idx * bs;
                 if start >= size {
                     holes.push((*key, *idx));

@@ -9,6 +9,7 @@
 //! - `generation_record`: `GenerationRecord::decode`.
 //! - `flatten_pass`: the `S flatten` record (`Pass::decode`).
 //! - `store_config`: strata.toml (`StoreConfig::parse`).
+//! - `intent_log`: the bytes of an intent log (`intent_log::parse_records`).
 //!
 //! What decodes encodes to the same bytes (a 21-byte generation record excepted: it
 //! encodes in today's layout), and nothing panics. Not an API.
@@ -26,12 +27,13 @@ use crate::types::GenerationId;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// The targets of this crate, as named under `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     ("meta_value", meta_value),
     ("meta_key", meta_key),
     ("generation_record", generation_record),
     ("flatten_pass", flatten_pass),
     ("store_config", store_config),
+    ("intent_log", intent_log),
 ];
 
 /// Byte 0 chooses the decoder (modulo 5: inode record, directory entry, block id,
@@ -174,6 +176,34 @@ pub fn flatten_pass(b: &[u8]) {
             }
         }
         Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+/// The bytes as an intent log of epoch 1: the records parse or the error names one;
+/// what parses, written again as records, parses to the same entries and ends at the
+/// same offset.
+pub fn intent_log(b: &[u8]) {
+    use crate::intent_log::record::{encode_entry, header};
+    match crate::intent_log::parse_records(b, 1) {
+        Ok((records, end)) => {
+            assert!(end as usize <= b.len());
+            let mut again = Vec::new();
+            for (seq, entries) in records.iter().enumerate() {
+                let mut payload = Vec::new();
+                for e in entries {
+                    encode_entry(e, &mut payload);
+                }
+                again.extend_from_slice(&header(1, seq as u64, &payload));
+                again.extend_from_slice(&payload);
+            }
+            assert_eq!(again.len() as u64, end, "records encode to their own bytes");
+            assert_eq!(&again[..], &b[..end as usize]);
+            assert_eq!(
+                crate::intent_log::parse_records(&again, 1).unwrap().0,
+                records
+            );
+        }
+        Err((at, detail)) => assert!(at as usize <= b.len() && !detail.is_empty()),
     }
 }
 
@@ -359,6 +389,60 @@ mod tests {
         write_seeds(&seeds, 60);
     }
 
+    /// Regenerates the `real-*` seeds of `intent_log`: the log of a store (epoch 1)
+    /// after writes, a truncation, a rename, an unlink and fsyncs, whole and cut after
+    /// each record. `cargo test -p strata-snapshot --release -- --ignored
+    /// make_intent_log_corpus`.
+    #[test]
+    #[ignore]
+    fn make_intent_log_corpus() {
+        use crate::{Ctx, InitOptions, InodeNo, SetAttr, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let opts = InitOptions {
+            block_size: 4096,
+            compression_level: 3,
+        };
+        Store::init(&path, &opts).unwrap();
+        let s = Store::open(&path).unwrap();
+        let v = s.main();
+        let ctx = Ctx { uid: 0, gid: 0 };
+        let root = InodeNo::ROOT;
+        let a = v.mknod(root, b"a", libc::S_IFREG | 0o644, 0, ctx).unwrap();
+        s.sync().unwrap(); // the log's epoch is now 1
+        v.write(a.ino, 0, &b"0123456789".repeat(900)).unwrap();
+        v.fsync(a.ino).unwrap();
+        let b = v.mknod(root, b"b", libc::S_IFREG | 0o644, 0, ctx).unwrap();
+        v.write(b.ino, 5000, b"past a hole").unwrap();
+        v.fsync(b.ino).unwrap();
+        let set = SetAttr {
+            size: Some(100),
+            ..Default::default()
+        };
+        v.setattr(a.ino, &set).unwrap();
+        v.write(a.ino, 4096, b"again").unwrap();
+        v.rename(root, b"b", root, b"c", Default::default())
+            .unwrap();
+        v.fsync(a.ino).unwrap();
+        v.unlink(root, b"c").unwrap();
+        v.fsync(a.ino).unwrap();
+        let log = std::fs::read(path.join(crate::intent_log::LOG_FILE)).unwrap();
+        drop((v, s));
+        let (records, end) = crate::intent_log::parse_records(&log, 1).unwrap();
+        assert_eq!(records.len(), 4);
+        let mut seeds = vec![("intent_log", log[..end as usize + 64].to_vec())];
+        let mut at = 0usize;
+        for r in &records {
+            let mut payload = Vec::new();
+            for e in r {
+                crate::intent_log::record::encode_entry(e, &mut payload);
+            }
+            at += crate::intent_log::record::HEADER_LEN + payload.len();
+            seeds.push(("intent_log", log[..at].to_vec()));
+        }
+        write_seeds(&seeds, 10);
+    }
+
     /// Replaces the `real-*` files of each target's corpus with at most `per_target` of
     /// `seeds` (spread evenly over them), named by their content.
     pub(crate) fn write_seeds(seeds: &[(&str, Vec<u8>)], per_target: usize) {
@@ -409,7 +493,7 @@ mod tests {
         /// random bytes appended.
         #[test]
         fn damaged_real_inputs_hold(
-            target in 0usize..5,
+            target in 0usize..TARGETS.len(),
             pick in proptest::num::usize::ANY,
             at in proptest::num::usize::ANY,
             byte in proptest::num::u8::ANY,
@@ -432,7 +516,7 @@ mod tests {
 
         #[test]
         fn targets_hold_on_random_bytes(
-            sel in 0usize..5,
+            sel in 0usize..TARGETS.len(),
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
         ) {
             (TARGETS[sel].1)(&bytes);

@@ -8,7 +8,8 @@
 //! - Every metadata record is stored under the generation that wrote it (`keys`), and
 //!   reads see the newest version visible from the live generation (`meta`).
 //! - A crash recovers exactly the state of the last commit: a commit is one atomic sled
-//!   batch, applied only after the pack data it references is fsynced (`store`).
+//!   batch, applied only after the pack data it references is fsynced (`store`), plus
+//!   the intent-log records written after it (`intent_log`: what fsync made durable).
 //! - sled is reached only through `meta` (and `meta_compact`, which rewrites the database
 //!   at open when gc asked for it); packs only through the blockstore.
 
@@ -28,6 +29,7 @@ pub mod fuzzing;
 mod gc;
 mod generation;
 mod inode;
+mod intent_log;
 mod keys;
 pub mod lock;
 mod meta;

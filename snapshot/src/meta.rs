@@ -15,7 +15,6 @@
 //! Invariant: callers hold the store's state mutex around every call (the overlay is
 //! plain data); sled itself is thread-safe and is also read by the blockstore.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,6 +25,7 @@ use crate::generation::View;
 use crate::keys::{self, GEN_SUFFIX_LEN};
 use crate::types::GenerationId;
 
+mod overlay;
 mod read_index;
 
 #[cfg(test)]
@@ -42,7 +42,7 @@ pub struct Meta {
     db: sled::Db,
     tree: sled::Tree,
     view: View,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: overlay::Overlay,
     flusher: Flusher,
     /// Tells the background warm-up (`warm_trees`) to stop: set when this handle
     /// goes, so the warm-up never keeps sled (and its lock) open after the store closes.
@@ -196,7 +196,7 @@ impl Meta {
                 gen: GenerationId(0),
                 ancestors: Default::default(),
             },
-            overlay: BTreeMap::new(),
+            overlay: Default::default(),
             flusher,
             warming,
             warm_done,
@@ -358,7 +358,7 @@ impl Meta {
     fn note_change(&mut self, base: &[u8]) {
         if base.len() >= 9 {
             let key = keys::change(self.view.gen, keys::key_ino(base));
-            self.overlay.entry(key).or_insert_with(|| Some(Vec::new()));
+            self.overlay.insert_empty_if_absent(key);
         }
     }
 
@@ -444,7 +444,7 @@ impl Meta {
             .tree
             .range::<Vec<u8>, _>(range.clone())
             .map(|i| i.map_err(Error::from));
-        let mut staged = self.overlay.range::<Vec<u8>, _>(range).peekable();
+        let mut staged = self.overlay.range(range).peekable();
         if staged.peek().is_none() {
             return Box::new(sled);
         }
@@ -470,11 +470,27 @@ impl Meta {
         }))
     }
 
+    /// Whether a change is not in the intent log yet.
+    pub fn has_unlogged(&self) -> bool {
+        self.overlay.has_unlogged()
+    }
+
+    /// The changes the intent log does not hold yet (raw key → value, None: removed);
+    /// from now on they count as logged.
+    pub fn take_unlogged(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.overlay.take_unlogged()
+    }
+
+    /// Replay of the intent log: sets a raw key as a record of it says.
+    pub fn replay_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.overlay.insert(key, value);
+    }
+
     /// Makes the overlay durable as one atomic batch. On failure the overlay is kept.
     pub fn commit(&mut self) -> Result<()> {
         if !self.overlay.is_empty() {
             let mut batch = sled::Batch::default();
-            for (k, v) in &self.overlay {
+            for (k, v) in self.overlay.iter() {
                 match v {
                     Some(v) => batch.insert(k.as_slice(), v.as_slice()),
                     None => batch.remove(k.as_slice()),

@@ -48,7 +48,27 @@ pub struct InitOptions {
 /// Buffered (not yet committed) content of one file: whole blocks, by block index.
 #[derive(Default)]
 pub(crate) struct DirtyFile {
-    pub blocks: std::collections::BTreeMap<u64, Box<[u8]>>,
+    pub blocks: std::collections::BTreeMap<u64, DirtyBlock>,
+}
+
+/// One buffered block: its whole content, and the bytes changed since the intent log
+/// last took it.
+pub(crate) struct DirtyBlock {
+    pub data: Box<[u8]>,
+    /// `start..end` of the bytes changed since the last intent-log record took this
+    /// block (one range covering every change), if any.
+    pub unlogged: Option<(u32, u32)>,
+}
+
+impl DirtyBlock {
+    /// Notes that bytes `range` changed.
+    pub fn touch(&mut self, range: std::ops::Range<usize>) {
+        let (a, b) = (range.start as u32, range.end as u32);
+        self.unlogged = Some(match self.unlogged {
+            Some((x, y)) => (x.min(a), y.max(b)),
+            None => (a, b),
+        });
+    }
 }
 
 pub(crate) struct State {
@@ -76,6 +96,20 @@ pub(crate) struct State {
     /// Write requests that may be the first part of a write call the kernel split (see
     /// `split_writes`): end offset and arrival time, per (live generation, inode).
     pub partial_writes: HashMap<(GenerationId, InodeNo), (u64, std::time::Instant)>,
+    /// Buffered blocks dropped since the last intent-log record (it tells replay to drop
+    /// them too); cleared by a commit.
+    pub dirty_dropped: Vec<(GenerationId, InodeNo, u64)>,
+    /// Some buffered block changed (or was dropped) since the last intent-log record.
+    pub data_unlogged: bool,
+    /// Bytes of buffered data changed since the last intent-log record (an estimate: the
+    /// sum of the changes, overlapping ones counted twice).
+    pub unlogged_bytes: u64,
+    /// The intent log could not take a record for lack of space: fsyncs commit until a
+    /// commit succeeds (what that record held is in memory only).
+    pub log_needs_commit: bool,
+    /// Intent-log records collected in this process (a record's sequence number in
+    /// `intent_log::sync`'s group commit; a commit counts as one).
+    pub log_collected: u64,
 }
 
 pub struct Store {
@@ -114,6 +148,12 @@ pub struct Store {
     pub(crate) hot_secs: std::sync::atomic::AtomicI64,
     /// When a write last came (ms since the epoch): relocation waits for a pause.
     pub(crate) last_write_ms: std::sync::atomic::AtomicI64,
+    /// Who writes the intent log and how far it is durable (`intent_log::sync`; after
+    /// `state` in the lock order).
+    pub(crate) log: Mutex<crate::intent_log::sync::LogControl>,
+    pub(crate) log_cv: Condvar,
+    /// The intent log file, used by the one writer `log` names.
+    pub(crate) log_file: Mutex<Option<crate::intent_log::IntentLog>>,
     _lock: StoreLock,
 }
 
@@ -272,6 +312,11 @@ impl Store {
                 next_gen,
                 poisoned: None,
                 partial_writes: HashMap::new(),
+                dirty_dropped: Vec::new(),
+                data_unlogged: false,
+                unlogged_bytes: 0,
+                log_needs_commit: false,
+                log_collected: 0,
             }),
             gc_fence: RwLock::new(()),
             flatten_serial: Mutex::new(()),
@@ -288,11 +333,43 @@ impl Store {
             relocation: Mutex::default(),
             hot_secs: std::sync::atomic::AtomicI64::new(crate::defrag_on_read::HOT_SECS),
             last_write_ms: std::sync::atomic::AtomicI64::new(0),
+            log: Mutex::default(),
+            log_cv: Condvar::new(),
+            log_file: Mutex::new(None),
             _lock: lock,
         });
         store.lock().refresh_heads()?;
+        store.open_intent_log()?;
         store.remove_orphans()?;
         Ok(store)
+    }
+
+    /// Opens the intent log and replays the records of the current epoch over the last
+    /// commit, then commits them (docs/intent-log.md, "Replay").
+    fn open_intent_log(&self) -> Result<()> {
+        let mut st = self.lock();
+        let epoch = match st
+            .meta
+            .get_raw(&keys::state(crate::intent_log::sync::EPOCH_KEY))?
+        {
+            Some(v) => {
+                u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::BadRecord {
+                    key: crate::intent_log::sync::EPOCH_KEY.into(),
+                    detail: "not 8 bytes".into(),
+                })?)
+            }
+            None => 0,
+        };
+        let max = self.config.intent_log_mib.max(4) << 20;
+        let (log, records) = crate::intent_log::IntentLog::open(&self.path, epoch, max)?;
+        *self.log_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len();
+        let entries = self.replay_log(&mut st, records)?;
+        tracing::info!(records = n, entries, "replayed the intent log");
+        self.commit_locked(&mut st)
     }
 
     /// Waits until the block index and the metadata are loaded into sled's cache (see
@@ -375,7 +452,7 @@ impl Store {
                     }
                     {
                         let st = store.lock();
-                        let st = if st.dirty_bytes < DIRTY_SOFT_LIMIT {
+                        let st = if st.dirty_bytes < DIRTY_SOFT_LIMIT && !store.log_filling(0.5) {
                             store.wake.wait_timeout(st, interval).unwrap().0
                         } else {
                             st
@@ -416,7 +493,7 @@ impl Store {
         self.lock().poisoned.clone()
     }
 
-    /// Makes every change so far durable (fsync, syncfs, unmount).
+    /// Makes every change so far durable with a commit (unmount, the commit interval).
     pub fn sync(&self) -> Result<()> {
         let mut st = self.lock();
         self.commit_locked(&mut st)
@@ -424,7 +501,9 @@ impl Store {
 
     /// The commit protocol (docs/metadata.md): seal buffered blocks into packs, fsync the
     /// packs and record them in the block index, then apply all metadata changes as one
-    /// atomic batch and flush/fsync sled.
+    /// atomic batch and flush/fsync sled. It is also the intent log's checkpoint: the
+    /// batch moves the log to its next epoch, so the records so far stop counting once
+    /// the commit is durable (docs/intent-log.md).
     pub(crate) fn commit_locked(&self, st: &mut State) -> Result<()> {
         if let Some(p) = &st.poisoned {
             return Err(Error::Poisoned(p.clone()));
@@ -432,6 +511,14 @@ impl Store {
         if st.dirty.is_empty() && !st.meta.is_dirty() {
             return Ok(());
         }
+        self.lead_log_for_commit();
+        let epoch = self.next_log_epoch();
+        let committed = self.commit_as_leader(st, epoch);
+        self.end_commit_lead(st, committed.is_ok().then_some(epoch));
+        committed
+    }
+
+    fn commit_as_leader(&self, st: &mut State, epoch: u64) -> Result<()> {
         let view = st.meta.view().clone();
         let sealed = self.seal_dirty(st);
         st.meta.set_view(&view);
@@ -448,6 +535,10 @@ impl Store {
             keys::state(STATE_NEXT_GEN),
             st.next_gen.to_le_bytes().to_vec(),
         );
+        st.meta.put_raw(
+            keys::state(crate::intent_log::sync::EPOCH_KEY),
+            epoch.to_le_bytes().to_vec(),
+        );
         // The read index: checkpoints where this commit made a live head's walk long.
         let gens = &st.gens;
         let live = |g| {
@@ -456,8 +547,13 @@ impl Store {
                 .filter(|r| r.state == crate::generation::STATE_LIVE)
                 .and_then(|_| gens.view(g).ok())
         };
-        // Nothing is written yet if it fails: the overlay stays for the next commit.
-        st.meta.bound_staged_walks(&live)?;
+        // Nothing is written yet if it fails, but the buffers are sealed into block-map
+        // records whose index entries sled holds only in memory: an intent-log record
+        // must not take them (it would name blocks a crash could lose). Refuse writes.
+        if let Err(e) = st.meta.bound_staged_walks(&live) {
+            st.poison(e.to_string());
+            return Err(e);
+        }
         if let Err(e) = st.meta.commit() {
             st.poison(e.to_string());
             return Err(e);
@@ -551,9 +647,30 @@ impl State {
         self.dirty.entry(k).or_default()
     }
 
+    /// Drops every buffered block of `ino` (noted for the intent log).
     pub(crate) fn dirty_remove(&mut self, ino: InodeNo) -> Option<DirtyFile> {
         let k = (self.cur(), ino);
-        self.dirty.remove(&k)
+        let d = self.dirty.remove(&k)?;
+        for idx in d.blocks.keys() {
+            self.dirty_dropped.push((k.0, ino, *idx));
+        }
+        self.data_unlogged = true;
+        Some(d)
+    }
+
+    /// Drops the buffered block `idx` of `ino` (noted for the intent log); whether there
+    /// was one.
+    pub(crate) fn dirty_drop_block(&mut self, ino: InodeNo, idx: u64) -> bool {
+        let k = (self.cur(), ino);
+        let Some(d) = self.dirty.get_mut(&k) else {
+            return false;
+        };
+        if d.blocks.remove(&idx).is_none() {
+            return false;
+        }
+        self.dirty_dropped.push((k.0, ino, idx));
+        self.data_unlogged = true;
+        true
     }
 }
 

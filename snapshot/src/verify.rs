@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use crate::codec::{self, InodeRecord};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generation::{MAIN_BRANCH, STATE_FROZEN, STATE_LIVE};
 use crate::keys;
 use crate::store::{State, Store};
@@ -105,6 +105,12 @@ impl Store {
     }
 
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        // What fsync made durable through the intent log is checked too: commit it first
+        // (a store that refuses writes is checked as it stands).
+        match self.sync() {
+            Ok(()) | Err(Error::Poisoned(_)) => {}
+            Err(e) => return Err(e),
+        }
         let b = self.blocks.verify(progress)?;
         let mut r = VerifyReport {
             blocks_checked: b.records_checked,

@@ -57,9 +57,11 @@ mod tests {
     }
 }
 
-/// Size of one slot record of the power-cut writer: not a divisor of a page or block, so
-/// records straddle pages and blocks.
-pub const SLOT_SIZE: usize = 3000;
+/// Size of one slot record of the power-cut writer: one page, written page-aligned in one
+/// call, so the kernel sends it as one request (a write call that spans pages may reach
+/// the daemon as two, and a writer killed between them leaves a torn record that it
+/// never acknowledged; an overwrite in place could then destroy an acknowledged one).
+pub const SLOT_SIZE: usize = 4096;
 const SLOT_MAGIC: &[u8; 8] = b"STRASLOT";
 
 /// The record `version` of slot `slot`: magic, slot, version (little-endian), bytes

@@ -1,7 +1,7 @@
 //! Power cuts of a running strata: the store on a lossy disk (tests/src/lossy, the model
 //! in docs/power-cut-harness.md), strata mounted over it, the power cut at a random time
-//! or at a named point of the disk (the Nth write, fsync, rename or create of a pack or
-//! of sled's files), the daemon killed with the cut, the disk rebooted with what it held
+//! or at a named point of the disk (the Nth write, fsync, rename or create of a pack, of
+//! sled's files or of the intent log), the daemon killed with the cut, the disk rebooted with what it held
 //! durably. After each cut and a remount: every record whose fsync returned is there,
 //! `strata verify` is clean, and the store mounts without repair.
 //!
@@ -35,7 +35,7 @@ fn mode(rng: &mut Rng) -> CutMode {
 
 /// A named point of the store's disk, or None for a cut at a random time.
 fn point(rng: &mut Rng) -> Option<Point> {
-    let path = ["", "packs/", "meta/"][rng.range(0, 3) as usize];
+    let path = ["", "packs/", "meta/", "intent.log"][rng.range(0, 4) as usize];
     let p = match rng.range(0, 6) {
         0 => return None,
         1 => Point::new(Op::Write, rng.range(1, 400)),
