@@ -9,7 +9,13 @@
    `strata snapshot create`
    end to end (process start, control socket, the commit) and the store-side time
    that the CLI reports in --json (`took_us`, when present). p50/p99/max per size.
-2. store growth per snapshot: a 1 GiB file of incompressible data, snapshot, rewrite
+2. snapshot create latency with dirty data in the page cache (BENCH_SNAPSHOT_DIRTY_MIB,
+   default 0,64,1024): a fresh store, a file held open; each round writes that many MiB
+   of 50%-compressible data buffered (no fsync: it sits in the kernel's page cache under
+   the writeback cache), times `snapshot create` (what the write-back costs), then times
+   a second one at once (nothing dirty: what a snapshot costs after the flush).
+   BENCH_SNAPSHOT_DIRTY_ROUNDS (default 40,20,5 for the sizes) rounds per size.
+3. store growth per snapshot: a 1 GiB file of incompressible data, snapshot, rewrite
    N random whole blocks, syncfs, snapshot; growth of the pack files and of the
    metadata directory, against N x the block's stored size.
 Every mount is unmounted on exit, also on error.
@@ -27,6 +33,8 @@ from benchlib import dir_bytes, mount, pct, run, umount, unmount_all
 STRATA, WORK, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 SIZES = [float(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "0.1,1,10").split(",")]
 ROUNDS = int(os.environ.get("BENCH_SNAPSHOT_ROUNDS", "100"))
+DIRTY_MIB = [int(x) for x in os.environ.get("BENCH_SNAPSHOT_DIRTY_MIB", "0,64,1024").split(",") if x]
+DIRTY_ROUNDS = [int(x) for x in os.environ.get("BENCH_SNAPSHOT_DIRTY_ROUNDS", "40,20,5").split(",") if x]
 
 
 def syncfs(path):
@@ -106,6 +114,68 @@ def latency(size_gib):
     return out
 
 
+def meminfo_dirty_mib():
+    """Dirty + Writeback of /proc/meminfo, in MiB (what the page cache holds unwritten)."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Dirty", "Writeback"):
+                total += int(rest.split()[0])
+    return total / 1024
+
+
+def half_compressible(n):
+    parts = []
+    for _ in range(n // 4096):
+        parts.append(os.urandom(2048))
+        parts.append(bytes(2048))
+    return b"".join(parts)
+
+
+def timed_snapshot(mnt, name):
+    t = time.perf_counter()
+    p = run("snapshot", "create", mnt, name, "--json")
+    e2e = (time.perf_counter() - t) * 1000
+    try:
+        took = json.loads(p.stdout).get("took_us")
+    except ValueError:
+        took = None
+    return e2e, (took / 1000 if took is not None else None)
+
+
+def dirty(mib, rounds):
+    base = os.path.join(WORK, f"dirty-{mib}")
+    store, mnt = base + "/store", base + "/mnt"
+    os.makedirs(base, exist_ok=True)
+    run("init", store)
+    mount(store, mnt)
+    with_dirty, after, dirty_seen = [], [], []
+    f = open(f"{mnt}/data", "wb", buffering=0)
+    try:
+        for r in range(rounds):
+            # Rewrites the same span each round (the store does not grow without end).
+            f.seek(0)
+            for _ in range(mib):
+                f.write(half_compressible(1 << 20))  # fresh data: no dedup
+            dirty_seen.append(meminfo_dirty_mib())
+            e2e, _ = timed_snapshot(mnt, f"d{r:03}")
+            with_dirty.append(e2e)
+            e2e, store_side = timed_snapshot(mnt, f"a{r:03}")
+            after.append(store_side if store_side is not None else e2e)
+    finally:
+        f.close()
+    umount(mnt)
+    subprocess.run(["rm", "-rf", base])
+    return {
+        "dirty_mib": mib,
+        "rounds": rounds,
+        "page_cache_dirty_mib_p50": pct(dirty_seen, 0.5),
+        "with_dirty_e2e_ms": {"p50": pct(with_dirty, 0.5), "p99": pct(with_dirty, 0.99), "max": max(with_dirty)},
+        "after_flush_ms": {"p50": pct(after, 0.5), "p99": pct(after, 0.99), "max": max(after)},
+    }
+
+
 def growth(rewrites=(1, 10, 100, 1000)):
     base = os.path.join(WORK, "growth")
     store, mnt = base + "/store", base + "/mnt"
@@ -147,11 +217,15 @@ def growth(rewrites=(1, 10, 100, 1000)):
 
 def main():
     os.makedirs(WORK, exist_ok=True)
-    result = {"latency": [], "growth": []}
+    result = {"latency": [], "dirty": [], "growth": []}
     try:
         for s in SIZES:
             result["latency"].append(latency(s))
             print(f"snapshot create at {s} GiB: {result['latency'][-1]}", flush=True)
+        for i, mib in enumerate(DIRTY_MIB):
+            rounds = DIRTY_ROUNDS[i] if i < len(DIRTY_ROUNDS) else DIRTY_ROUNDS[-1]
+            result["dirty"].append(dirty(mib, rounds))
+            print(f"snapshot create with {mib} MiB dirty: {result['dirty'][-1]}", flush=True)
         result["growth"] = growth()
         for row in result["growth"]:
             print(f"growth: {row}", flush=True)

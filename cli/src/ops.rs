@@ -82,6 +82,12 @@ pub trait Host {
     /// `branch` now shows another tree: drop every cached page, entry and attribute of
     /// its mounts. Returns those mount points.
     fn branch_replaced(&self, branch: &str) -> Vec<String>;
+    /// `branch` is about to be frozen: bring the pages its mounts' kernel caches hold
+    /// dirty into the store, and hold back writes to its open files until the returned
+    /// guards are dropped (strata_fs::WriteBack).
+    fn write_back(&self, _branch: &str) -> Vec<strata_fs::WriteBack> {
+        Vec::new()
+    }
     /// Snapshots or branches were deleted: their generations are ready to be flattened
     /// (the daemon does it in the background; a command leaves it to `strata flatten`).
     fn generations_deleted(&self);
@@ -154,7 +160,9 @@ pub fn execute(
         Request::SnapshotCreate { name, branch, via } => {
             let branch = branch_of(host, branch, via);
             let started = std::time::Instant::now();
+            let cut = host.write_back(&branch);
             let info = store.snapshot_create(&branch, name).map_err(model)?;
+            drop(cut);
             let took_us = started.elapsed().as_micros() as u64;
             host.snapshots_changed();
             serde_json::to_value(Snapshot {
@@ -262,8 +270,14 @@ pub fn execute(
             via,
         } => {
             let branch = branch_of(host, branch, via);
+            // The current state is kept as a snapshot: with every write that returned.
+            let cut = host.write_back(&branch);
             let info = store.rollback(&branch, name, *force).map_err(model)?;
+            // Pages dirtied after the cut belong to the replaced tree: dropping the
+            // caches writes them back, to the cut, which discards them.
             let invalidated = host.branch_replaced(&branch);
+            cut.into_iter()
+                .for_each(strata_fs::WriteBack::tree_replaced);
             host.snapshots_changed();
             serde_json::to_value(RolledBack {
                 branch,

@@ -41,18 +41,24 @@ const MAX_WRITE: u32 = 1 << 20;
 
 pub struct StrataFs {
     shared: Arc<Shared>,
-    handles: Handles,
+    /// Whether to ask the kernel for FUSE_WRITEBACK_CACHE (see `init`).
+    writeback: bool,
 }
 
 impl StrataFs {
-    pub fn new(volume: Volume) -> StrataFs {
+    /// The adapter of `volume`; `writeback`: let the kernel cache writes (module
+    /// `writeback` keeps snapshots exact).
+    pub fn new(volume: Volume, writeback: bool) -> StrataFs {
         StrataFs {
             shared: Arc::new(Shared {
                 views: Views::new(volume),
                 kernel: KernelCache::default(),
                 notifier: OnceLock::new(),
+                handles: Handles::default(),
+                mount_point: OnceLock::new(),
+                cut: Default::default(),
             }),
-            handles: Handles::default(),
+            writeback,
         }
     }
 
@@ -65,22 +71,29 @@ impl StrataFs {
     }
 
     fn node(&self, i: INodeNo) -> Result<Node<'_>, Errno> {
-        self.views().node(i.0)
+        self.shared.node(i)
     }
 
-    /// The object `i` names; `.snapshots` is answered with `on_snapdir`.
     fn obj(&self, i: INodeNo, on_snapdir: Errno) -> Result<Obj<'_>, Errno> {
-        match self.node(i)? {
-            Node::Obj(o) => Ok(o),
-            Node::SnapDir => Err(on_snapdir),
-        }
+        self.shared.obj(i, on_snapdir)
     }
 
-    /// The object `i` names, to be changed: EROFS inside snapshots and `.snapshots`.
     fn writable(&self, i: INodeNo) -> Result<Obj<'_>, Errno> {
-        match self.obj(i, Errno::EROFS)? {
-            o if o.read_only() => Err(Errno::EROFS),
-            o => Ok(o),
+        self.shared.writable(i)
+    }
+
+    fn contain(&self, op: &'static str, handler: impl FnOnce()) {
+        self.shared.contain(op, handler)
+    }
+
+    /// Runs `op` now, or once the write-back in progress ended if it cut one of `inos`
+    /// (module `writeback`).
+    fn after_cut<F: FnOnce(&Shared) + Send + 'static>(&self, inos: &[u64], op: F) {
+        if !self.shared.cut.active() {
+            return op(&self.shared);
+        }
+        if let Some(op) = self.shared.cut.keep_op(inos, Box::new(op)) {
+            op(&self.shared)
         }
     }
 
@@ -97,21 +110,6 @@ impl StrataFs {
             return Err(exists);
         }
         Ok(o)
-    }
-
-    /// Runs one request handler. A panic is contained: the reply it dropped answers EIO,
-    /// and the store refuses further writes and commits (its in-memory state may be half
-    /// changed), so the mount stays readable and a remount returns to the last commit.
-    fn contain(&self, op: &'static str, handler: impl FnOnce()) {
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            // The store logs its refusal of writes once, naming the panic.
-            self.views().root().poison(format!("{op} panicked: {msg}"));
-        }
     }
 
     /// Replies with the entry `(parent, name)` → `a` (an object of `o`'s volume); the
@@ -148,6 +146,43 @@ impl StrataFs {
     fn hold(&self, fuse: u64) {
         if let Ok(Node::Obj(o)) = self.views().node(fuse) {
             o.vol.hold(o.ino, 1);
+        }
+    }
+}
+
+impl Shared {
+    fn node(&self, i: INodeNo) -> Result<Node<'_>, Errno> {
+        self.views.node(i.0)
+    }
+
+    /// The object `i` names; `.snapshots` is answered with `on_snapdir`.
+    fn obj(&self, i: INodeNo, on_snapdir: Errno) -> Result<Obj<'_>, Errno> {
+        match self.node(i)? {
+            Node::Obj(o) => Ok(o),
+            Node::SnapDir => Err(on_snapdir),
+        }
+    }
+
+    /// The object `i` names, to be changed: EROFS inside snapshots and `.snapshots`.
+    pub(crate) fn writable(&self, i: INodeNo) -> Result<Obj<'_>, Errno> {
+        match self.obj(i, Errno::EROFS)? {
+            o if o.read_only() => Err(Errno::EROFS),
+            o => Ok(o),
+        }
+    }
+
+    /// Runs one request handler. A panic is contained: the reply it dropped answers EIO,
+    /// and the store refuses further writes and commits (its in-memory state may be half
+    /// changed), so the mount stays readable and a remount returns to the last commit.
+    pub(crate) fn contain(&self, op: &'static str, handler: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            // The store logs its refusal of writes once, naming the panic.
+            self.views.root().poison(format!("{op} panicked: {msg}"));
         }
     }
 }
@@ -224,18 +259,20 @@ macro_rules! tri {
 
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // No FUSE_WRITEBACK_CACHE: with it the kernel acknowledges write() from its page
-        // cache and sends pages later, page by page, so a snapshot could hold part of one
-        // write call, or miss acknowledged writes. Without it every write call reaches
-        // the daemon (one request up to max_write) before it returns: snapshots are exact
-        // (docs/generations.md, "Consistent point"). The cost is on small writes.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        // FUSE_WRITEBACK_CACHE: write() returns from the page cache and the kernel
+        // sends pages later; a snapshot first writes them back and cuts every open file
+        // (module `writeback`, docs/generations.md "Consistent point"). The kernel then
+        // owns size and times of open files and sends them with SETATTR.
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_CACHE_SYMLINKS;
+        if self.writeback && !self.views().root().is_read_only() {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
         let available = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(available) {
             tracing::warn!(?missing, "kernel refused FUSE capabilities");
@@ -296,7 +333,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -313,22 +350,16 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         self.contain("setattr", move || {
-            let o = tri!("setattr", reply, self.writable(i));
-            let time = |t: TimeOrNow| match t {
-                TimeOrNow::Now => snap::TimeSet::Now,
-                TimeOrNow::SpecificTime(t) => snap::TimeSet::At(ts(t)),
-            };
-            let set = snap::SetAttr {
-                mode,
-                uid,
-                gid,
-                size,
-                atime: atime.map(time),
-                mtime: mtime.map(time),
-                ctime: ctime.map(ts),
-            };
-            let a = tri!("setattr", reply, o.vol.setattr(o.ino, &set));
-            reply.attr(ttl(&o), &fattr(&o, &a));
+            if self.shared.cut.is_own(req.pid()) {
+                // A rolled-back file's size handed to the kernel (WriteBack::tree_replaced):
+                // answered with what the store holds, nothing changed.
+                let (a, ttl) = tri!("setattr", reply, self.stat(i.0));
+                reply.attr(ttl, &a);
+                return;
+            }
+            self.after_cut(&[i.0], move |s| {
+                setattr(s, i, mode, uid, gid, size, atime, mtime, ctime, reply)
+            });
         });
     }
 
@@ -526,7 +557,10 @@ impl Filesystem for StrataFs {
                 return;
             }
             tri!("open", reply, o.vol.open_file(o.ino));
-            let fh = self.handles.insert(Handle::File(i.0));
+            let fh = self
+                .shared
+                .handles
+                .insert(Handle::File { ino: i.0, writes });
             reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         });
     }
@@ -543,9 +577,11 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         self.contain("read", move || {
-            let o = tri!("read", reply, self.obj(i, Errno::EISDIR));
-            let data = tri!("read", reply, o.vol.read(o.ino, offset, size));
-            reply.data(&data);
+            self.after_cut(&[i.0], move |s| {
+                let o = tri!("read", reply, s.obj(i, Errno::EISDIR));
+                let data = tri!("read", reply, o.vol.read(o.ino, offset, size));
+                reply.data(&data);
+            });
         });
     }
 
@@ -563,6 +599,11 @@ impl Filesystem for StrataFs {
     ) {
         self.contain("write", move || {
             let o = tri!("write", reply, self.writable(i));
+            if self.shared.cut.keep_write(i.0, offset, data) {
+                // Cut for a snapshot: written once it is frozen (module `writeback`).
+                reply.written(data.len() as u32);
+                return;
+            }
             let n = tri!("write", reply, o.vol.write(o.ino, offset, data));
             reply.written(n);
         });
@@ -571,13 +612,17 @@ impl Filesystem for StrataFs {
     fn flush(
         &self,
         _req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.contain("flush", move || {
-            reply.ok();
+            // After the writes a snapshot kept, whose failure close reports.
+            self.after_cut(&[i.0], move |s| match s.cut.take_error(i.0) {
+                Some(e) => reply.error(e),
+                None => reply.ok(),
+            });
         });
     }
 
@@ -592,39 +637,54 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.contain("release", move || {
-            let i = match self.handles.remove(fh.0) {
-                Some(Handle::File(h)) => INodeNo(h),
-                _ => i,
-            };
-            // A snapshot deleted meanwhile has nothing to release.
-            if let Ok(o) = self.obj(i, Errno::EISDIR) {
-                tri!("release", reply, o.vol.release_file(o.ino));
-            }
-            reply.ok();
+            // After the writes a snapshot kept: the last release of an unlinked file
+            // removes it.
+            self.after_cut(&[i.0], move |s| {
+                let i = match s.handles.remove(fh.0) {
+                    Some(Handle::File { ino, .. }) => INodeNo(ino),
+                    _ => i,
+                };
+                // A snapshot deleted meanwhile has nothing to release.
+                if let Ok(o) = s.obj(i, Errno::EISDIR) {
+                    tri!("release", reply, o.vol.release_file(o.ino));
+                }
+                reply.ok();
+            });
         });
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.contain("fsync", move || {
-            match tri!("fsync", reply, self.node(i)) {
-                Node::Obj(o) if !o.read_only() => tri!("fsync", reply, o.vol.fsync(o.ino)),
-                _ => {} // nothing ever changes there
+            if self.shared.cut.own_fsync(i.0, req.pid()) {
+                // A snapshot's write-back: its pages are here; the snapshot commits them.
+                reply.ok();
+                return;
             }
-            reply.ok();
+            self.after_cut(&[i.0], move |s| {
+                if let Some(e) = s.cut.take_error(i.0) {
+                    reply.error(e);
+                    return;
+                }
+                match tri!("fsync", reply, s.node(i)) {
+                    Node::Obj(o) if !o.read_only() => tri!("fsync", reply, o.vol.fsync(o.ino)),
+                    _ => {} // nothing ever changes there
+                }
+                reply.ok();
+            });
         });
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.contain("opendir", move || {
             let (all, cacheable) = tri!("opendir", reply, self.views().listing(i.0));
-            let fh = self.handles.insert(Handle::Dir(Arc::new(all)));
+            let fh = self.shared.handles.insert(Handle::Dir(Arc::new(all)));
             let flags = match cacheable {
                 true => FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
                 false => FopenFlags::empty(),
@@ -642,7 +702,7 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectory,
     ) {
         self.contain("readdir", move || {
-            let Some(entries) = self.handles.dir(fh.0) else {
+            let Some(entries) = self.shared.handles.dir(fh.0) else {
                 reply.error(Errno::from_i32(libc::EBADF));
                 return;
             };
@@ -669,7 +729,7 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.contain("readdirplus", move || {
-            let Some(entries) = self.handles.dir(fh.0) else {
+            let Some(entries) = self.shared.handles.dir(fh.0) else {
                 reply.error(Errno::from_i32(libc::EBADF));
                 return;
             };
@@ -709,7 +769,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         self.contain("releasedir", move || {
-            self.handles.remove(fh.0);
+            self.shared.handles.remove(fh.0);
             reply.ok();
         });
     }
@@ -821,7 +881,7 @@ impl Filesystem for StrataFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         self.contain("create", move || {
@@ -841,7 +901,11 @@ impl Filesystem for StrataFs {
             self.shared
                 .kernel
                 .entry(parent.0, name.as_bytes(), fa.ino.0);
-            let fh = self.handles.insert(Handle::File(fa.ino.0));
+            let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+            let fh = self.shared.handles.insert(Handle::File {
+                ino: fa.ino.0,
+                writes,
+            });
             reply.created(
                 &TTL,
                 &fa,
@@ -886,18 +950,20 @@ impl Filesystem for StrataFs {
                 reply.error(Errno::from_i32(libc::EOPNOTSUPP));
                 return;
             }
-            let o = tri!("fallocate", reply, self.writable(i));
-            let m = snap::FallocateMode {
-                keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
-                punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
-                zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
-            };
-            tri!(
-                "fallocate",
-                reply,
-                o.vol.fallocate(o.ino, offset, length, m)
-            );
-            reply.ok();
+            self.after_cut(&[i.0], move |s| {
+                let o = tri!("fallocate", reply, s.writable(i));
+                let m = snap::FallocateMode {
+                    keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+                    punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+                    zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+                };
+                tri!(
+                    "fallocate",
+                    reply,
+                    o.vol.fallocate(o.ino, offset, length, m)
+                );
+                reply.ok();
+            });
         });
     }
 
@@ -923,9 +989,11 @@ impl Filesystem for StrataFs {
                 reply.error(Errno::from_i32(libc::ENXIO));
                 return;
             }
-            let o = tri!("lseek", reply, self.obj(i, Errno::EISDIR));
-            let off = tri!("lseek", reply, o.vol.lseek(o.ino, offset as u64, w));
-            reply.offset(off as i64);
+            self.after_cut(&[i.0], move |s| {
+                let o = tri!("lseek", reply, s.obj(i, Errno::EISDIR));
+                let off = tri!("lseek", reply, o.vol.lseek(o.ino, offset as u64, w));
+                reply.offset(off as i64);
+            });
         });
     }
 
@@ -943,23 +1011,52 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         self.contain("copy_file_range", move || {
-            // Between trees the kernel falls back to copying through the page cache.
-            let (src, dst) = tri!(
-                "copy_file_range",
-                reply,
-                self.views().pair(ino_in.0, ino_out.0)
-            );
-            // The reply carries a u32; the kernel loops for the rest.
-            let len = len.min(1 << 30);
-            let n = tri!(
-                "copy_file_range",
-                reply,
-                dst.vol
-                    .copy_file_range(src.ino, offset_in, dst.ino, offset_out, len)
-            );
-            reply.written(n as u32);
+            self.after_cut(&[ino_in.0, ino_out.0], move |s| {
+                // Between trees the kernel falls back to copying through the page cache.
+                let (src, dst) = tri!("copy_file_range", reply, s.views.pair(ino_in.0, ino_out.0));
+                // The reply carries a u32; the kernel loops for the rest.
+                let len = len.min(1 << 30);
+                let n = tri!(
+                    "copy_file_range",
+                    reply,
+                    dst.vol
+                        .copy_file_range(src.ino, offset_in, dst.ino, offset_out, len)
+                );
+                reply.written(n as u32);
+            });
         });
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setattr(
+    s: &Shared,
+    i: INodeNo,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+    ctime: Option<SystemTime>,
+    reply: ReplyAttr,
+) {
+    let o = tri!("setattr", reply, s.writable(i));
+    let time = |t: TimeOrNow| match t {
+        TimeOrNow::Now => snap::TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => snap::TimeSet::At(ts(t)),
+    };
+    let set = snap::SetAttr {
+        mode,
+        uid,
+        gid,
+        size,
+        atime: atime.map(time),
+        mtime: mtime.map(time),
+        ctime: ctime.map(ts),
+    };
+    let a = tri!("setattr", reply, o.vol.setattr(o.ino, &set));
+    reply.attr(ttl(&o), &fattr(&o, &a));
 }
 
 fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {
@@ -993,7 +1090,7 @@ mod tests {
             .ino;
         store.write(f, 0, b"kept").unwrap();
         store.sync().unwrap();
-        let fs = StrataFs::new(store.clone());
+        let fs = StrataFs::new(store.clone(), true);
         fs.contain("test", || panic!("boom"));
         assert!(matches!(
             store.write(f, 0, b"x"),

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use strata_snapshot::DirEntry;
 
 pub enum Handle {
-    /// An open file, by FUSE inode number.
-    File(u64),
+    /// An open file, by FUSE inode number; `writes`: opened for writing.
+    File { ino: u64, writes: bool },
     /// A directory listing, `.` and `..` first; `DirEntry::ino` holds FUSE numbers.
     Dir(Arc<Vec<DirEntry>>),
 }
@@ -31,6 +31,29 @@ impl Handles {
 
     pub fn remove(&self, fh: u64) -> Option<Handle> {
         self.map.lock().unwrap().remove(&fh)
+    }
+
+    /// The FUSE inode numbers of the files open for writing (or mapped shared: the
+    /// mapping keeps its handle until it ends).
+    pub fn writers(&self) -> Vec<u64> {
+        self.files(true)
+    }
+
+    /// The FUSE inode numbers of the open files (`writers`: only those open for writing).
+    pub fn files(&self, writers: bool) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .map
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|h| match h {
+                Handle::File { ino, writes } if *writes || !writers => Some(*ino),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     pub fn dir(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {

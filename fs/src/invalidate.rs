@@ -13,15 +13,18 @@
 //! finish an invalidation.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use fuser::{INodeNo, Notifier};
 use strata_snapshot::InodeNo as Ino;
 
+use crate::handles::Handles;
 use crate::inodes::{Place, SNAPDIR};
 use crate::snapdir::Views;
+use crate::writeback::{CutSlot, WriteBack};
 
 /// State shared by the request handlers of one mount and its `Invalidator`s.
 pub struct Shared {
@@ -29,6 +32,11 @@ pub struct Shared {
     pub kernel: KernelCache,
     /// Set by `mount` once the session exists.
     pub notifier: OnceLock<Notifier>,
+    pub handles: Handles,
+    /// Where the volume is mounted (set by `mount`): a write-back reopens files there.
+    pub mount_point: OnceLock<PathBuf>,
+    /// The write-back in progress, if any (see `writeback`).
+    pub cut: CutSlot,
 }
 
 /// Entries and inodes the kernel may have cached.
@@ -152,6 +160,23 @@ impl KernelCache {
         }
     }
 
+    /// A path from the mount's root to `ino`, through names the kernel was given; `None`
+    /// if the kernel holds no name of it (e.g. an unlinked open file).
+    pub fn path_of(&self, mut ino: u64) -> Option<PathBuf> {
+        let c = self.lock();
+        let mut parts: Vec<OsString> = Vec::new();
+        // A bound on the depth, in case the record ever held a cycle.
+        for _ in 0..4096 {
+            if ino == Ino::ROOT.0 {
+                return Some(parts.iter().rev().collect());
+            }
+            let (parent, name) = c.inodes.get(&ino)?.names.first()?;
+            parts.push(OsStr::from_bytes(name).to_owned());
+            ino = *parent;
+        }
+        None
+    }
+
     /// The entries whose parent `pick` selects (except those leading to `.snapshots`,
     /// which never changes) and the inodes it selects.
     fn collect(&self, pick: impl Fn(u64) -> bool) -> (Vec<Name>, Vec<u64>) {
@@ -205,11 +230,22 @@ impl Invalidator {
         self.run(false);
     }
 
+    /// Brings every dirty page of the mount's files into the daemon and cuts each file
+    /// (module `writeback`): call before freezing the branch. Until the returned guard
+    /// is dropped, requests that change a cut file are kept, then run in order.
+    pub fn write_back(&self) -> WriteBack {
+        if on_request_thread() {
+            tracing::error!("write-back requested from a FUSE request handler; skipped");
+            return WriteBack::none();
+        }
+        match self.shared.upgrade() {
+            Some(shared) => WriteBack::run(shared),
+            None => WriteBack::none(),
+        }
+    }
+
     fn run(&self, all: bool) {
-        if std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("fuser-"))
-        {
+        if on_request_thread() {
             // The kernel could wait for this very thread to answer a request.
             tracing::error!("cache invalidation requested from a FUSE request handler; skipped");
             return;
@@ -259,6 +295,13 @@ impl Invalidator {
     }
 }
 
+/// Whether the calling thread serves FUSE requests (fuser names its threads so).
+pub(crate) fn on_request_thread() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("fuser-"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +336,20 @@ mod tests {
         assert_eq!(k.counts(), (0, 0));
         k.entry(1, b".snapshots", SNAPDIR);
         assert!(k.collect(|_| true).0.is_empty());
+    }
+
+    #[test]
+    fn paths_follow_the_first_name_up_to_the_root() {
+        let k = KernelCache::default();
+        k.entry(1, b"a", 10);
+        k.entry(10, b"b", 11);
+        k.entry(11, b"f", 12);
+        assert_eq!(k.path_of(12), Some(PathBuf::from("a/b/f")));
+        assert_eq!(k.path_of(1), Some(PathBuf::new()));
+        k.renamed(10, b"b", 1, b"c", false);
+        assert_eq!(k.path_of(12), Some(PathBuf::from("c/f")));
+        k.removed(11, b"f");
+        assert_eq!(k.path_of(12), None);
+        assert_eq!(k.path_of(99), None);
     }
 }

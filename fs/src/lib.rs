@@ -3,8 +3,9 @@
 //! Owns: translation of kernel requests into `strata_snapshot::Volume` calls (`adapter`),
 //! the one errno mapping (`errno`), open handles (`handles`), FUSE inode numbering
 //! (`inodes`), the volumes a mount serves and its `.snapshots` directory (`snapdir`),
-//! what the kernel cached and its invalidation (`invalidate`), and the mount lifecycle
-//! (this file). Never touches sled or pack files.
+//! what the kernel cached and its invalidation (`invalidate`), bringing the kernel's
+//! dirty pages in before a snapshot (`writeback`), and the mount lifecycle (this file).
+//! Never touches sled or pack files.
 //!
 //! A mount serves one `Volume`:
 //! - a branch (writable): its live tree, plus `MOUNT/.snapshots/NAME/...`, every snapshot
@@ -18,7 +19,8 @@
 //! It does not close the store: several mounts may share one `Arc<Store>`, and its owner
 //! calls `Store::close` after the last of them ended. While mounted, `Mounted::invalidator`
 //! lets the owner drop the kernel's caches after changing the store behind the mount's
-//! back (a rollback, a snapshot created, renamed or deleted).
+//! back (a rollback, a snapshot created, renamed or deleted), and write back the pages
+//! the kernel holds dirty before the branch is frozen (`Invalidator::write_back`).
 
 mod adapter;
 mod errno;
@@ -26,6 +28,7 @@ mod handles;
 mod inodes;
 mod invalidate;
 mod snapdir;
+mod writeback;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -40,6 +43,7 @@ use strata_snapshot::{Store, Volume};
 pub use adapter::StrataFs;
 pub use errno::errno;
 pub use invalidate::Invalidator;
+pub use writeback::WriteBack;
 
 #[derive(Clone, Debug)]
 pub struct MountOptions {
@@ -50,6 +54,9 @@ pub struct MountOptions {
     /// The kernel's readahead window for files of the mount, in bytes (0: leave the
     /// kernel's default, 128 KiB). See `set_readahead`.
     pub readahead: u64,
+    /// Let the kernel cache writes (FUSE_WRITEBACK_CACHE): write() returns from the page
+    /// cache. Snapshots stay exact (module `writeback`).
+    pub writeback_cache: bool,
 }
 
 /// Readahead set on every mount: large enough that a sequential read asks the daemon for
@@ -58,12 +65,19 @@ pub struct MountOptions {
 /// generations").
 pub const DEFAULT_READAHEAD: u64 = 4 << 20;
 
+/// The share of the system's dirty-page limit a writeback-cached mount may hold, in
+/// percent. The kernel gives each FUSE mount 1% (and enforces it strictly), which throttles
+/// a writer after a few MiB; this lets the page cache absorb bursts of writes as on a
+/// local disk, while the system-wide limit still bounds the total. See `set_dirty_share`.
+pub const DIRTY_SHARE_PERCENT: u32 = 40;
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             threads: 4,
             fsname: "strata".into(),
             readahead: DEFAULT_READAHEAD,
+            writeback_cache: true,
         }
     }
 }
@@ -133,8 +147,10 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     store.start_background();
-    let fs = StrataFs::new(volume);
+    let writeback = opts.writeback_cache && !read_only;
+    let fs = StrataFs::new(volume, writeback);
     let shared = fs.shared().clone();
+    let _ = shared.mount_point.set(mountpoint.to_path_buf());
     let session = if unsafe { libc::geteuid() } == 0 {
         let fd = kernel_mount(mountpoint, &opts.fsname, read_only)?;
         match Session::from_fd(fs, fd, SessionACL::All, config) {
@@ -167,10 +183,14 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
     if opts.readahead > 0 {
         set_readahead(mountpoint, opts.readahead);
     }
+    if writeback {
+        set_dirty_share(mountpoint, DIRTY_SHARE_PERCENT);
+    }
     tracing::info!(
         mountpoint = %mountpoint.display(),
         store = %store.path().display(),
         read_only,
+        writeback,
         "mounted"
     );
     Ok(Mounted {
@@ -190,25 +210,41 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
 /// documented way to raise it (it is root's: an unprivileged mount keeps the default).
 /// Called once the session serves requests: the stat below is one of them.
 fn set_readahead(mountpoint: &Path, bytes: u64) {
+    let kb = (bytes / 1024).max(4);
+    set_bdi(mountpoint, "read_ahead_kb", kb, "readahead");
+}
+
+/// Sets the share of the dirty-page limit the mount may hold
+/// (`/sys/class/bdi/MAJOR:MINOR/max_ratio`, root's knob like the readahead).
+fn set_dirty_share(mountpoint: &Path, percent: u32) {
+    set_bdi(
+        mountpoint,
+        "max_ratio",
+        u64::from(percent),
+        "dirty-page share",
+    );
+}
+
+/// Writes `value` to the knob `name` of the mount's backing device info.
+fn set_bdi(mountpoint: &Path, name: &str, value: u64, what: &str) {
     let dev = match std::fs::metadata(mountpoint) {
         Ok(md) => md.dev(),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot stat the mount point to set its readahead");
+            tracing::warn!(error = %e, "cannot stat the mount point to set its {what}");
             return;
         }
     };
     let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        "/sys/class/bdi/{}:{}/{name}",
         libc::major(dev),
         libc::minor(dev)
     );
-    let kb = (bytes / 1024).max(4);
-    match std::fs::write(&path, format!("{kb}\n")) {
-        Ok(()) => tracing::debug!(path, kb, "readahead set"),
+    match std::fs::write(&path, format!("{value}\n")) {
+        Ok(()) => tracing::debug!(path, value, "{what} set"),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            tracing::debug!(path, "readahead left at the kernel's default (not root)")
+            tracing::debug!(path, "{what} left at the kernel's default (not root)")
         }
-        Err(e) => tracing::warn!(path, error = %e, "cannot set the mount's readahead"),
+        Err(e) => tracing::warn!(path, error = %e, "cannot set the mount's {what}"),
     }
 }
 

@@ -44,6 +44,11 @@ pub struct StoreConfig {
     /// background commit empties it, and an fsync that finds it full commits instead.
     #[serde(default = "default_intent_log_mib")]
     pub intent_log_mib: u64,
+    /// Let the kernel cache writes of mounted branches (FUSE_WRITEBACK_CACHE): write()
+    /// returns from the page cache; a snapshot writes it back first and stays exact
+    /// (docs/generations.md, "Consistent point").
+    #[serde(default = "default_true")]
+    pub writeback_cache: bool,
 }
 
 fn default_intent_log_mib() -> u64 {
@@ -73,6 +78,7 @@ impl StoreConfig {
             defrag_on_read: true,
             defrag_rewritten: true,
             intent_log_mib: default_intent_log_mib(),
+            writeback_cache: true,
         })
     }
 

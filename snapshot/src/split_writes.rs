@@ -14,6 +14,12 @@
 //! merely happened to end on a page boundary has no continuation: it is forgotten after
 //! `SETTLE`, the longest a snapshot waits for one. Calls over the FUSE request limit
 //! (1 MiB) are split into requests at 1 MiB boundaries and are not covered.
+//!
+//! With the writeback cache (the default of mounted branches) write calls reach the
+//! daemon as page write-backs instead, which start on page boundaries and never look like
+//! a first part; the snapshot's write-back and cut keep calls whole there (strata-fs,
+//! module `writeback`). This guard serves mounts with `writeback_cache = false` and
+//! O_DIRECT writes.
 
 use std::time::{Duration, Instant};
 

@@ -119,3 +119,60 @@ mod slot_tests {
         assert!(slot_version(&file, 0).unwrap_err().contains("torn"));
     }
 }
+
+/// Size of the records of the snapshot tests' writer processes: odd, so that records
+/// straddle pages and blocks.
+pub const ODD_SIZE: usize = 1500;
+const ODD_MAGIC: &[u8; 8] = b"STRAODD!";
+
+/// Record `n` of stream `stream` (each writer process has its own).
+pub fn odd_record(stream: u64, n: u64) -> Vec<u8> {
+    let mut r = vec![0u8; ODD_SIZE];
+    r[..8].copy_from_slice(ODD_MAGIC);
+    r[8..16].copy_from_slice(&n.to_le_bytes());
+    crate::data::Rng::new(n ^ stream.rotate_left(40) ^ 0x9E37_79B9_7F4A_7C15).fill(&mut r[16..]);
+    r
+}
+
+/// The number of records of `stream` that `data` holds whole from its start, and the
+/// offset where the first that is not whole (or not there) begins.
+pub fn leading_odd_records(data: &[u8], stream: u64) -> u64 {
+    data.chunks_exact(ODD_SIZE)
+        .enumerate()
+        .take_while(|(n, chunk)| *chunk == odd_record(stream, *n as u64).as_slice())
+        .count() as u64
+}
+
+/// Checks that `data` is exactly records `0..n` of `stream` for some `n` (appended by
+/// whole write calls); returns `n`, or an error naming what is wrong.
+pub fn count_odd_records(data: &[u8], stream: u64) -> Result<u64, String> {
+    if !data.len().is_multiple_of(ODD_SIZE) {
+        return Err(format!(
+            "{} bytes: not a whole number of {ODD_SIZE}-byte records (part of a write call)",
+            data.len()
+        ));
+    }
+    let n = leading_odd_records(data, stream);
+    if n as usize * ODD_SIZE != data.len() {
+        return Err(format!("record {n} is not what was written"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod odd_tests {
+    use super::*;
+
+    #[test]
+    fn odd_records_are_counted_and_checked() {
+        let mut data: Vec<u8> = (0..4).flat_map(|n| odd_record(3, n)).collect();
+        assert_eq!(count_odd_records(&data, 3), Ok(4));
+        assert!(count_odd_records(&data, 2).is_err());
+        assert!(count_odd_records(&data[..100], 3).is_err());
+        data[ODD_SIZE + 7] ^= 1;
+        assert_eq!(leading_odd_records(&data, 3), 1);
+        assert!(count_odd_records(&data, 3)
+            .unwrap_err()
+            .contains("record 1"));
+    }
+}

@@ -59,7 +59,10 @@ fn run(daemon: &Daemon, branch: &str, auto: &AutoSnapshots) {
             wait -= step;
         }
         let Some(_busy) = daemon.begin() else { return };
-        match daemon.store.snapshot_auto(branch) {
+        let cut = daemon.write_back(branch);
+        let made = daemon.store.snapshot_auto(branch);
+        drop(cut);
+        match made {
             Ok(info) => info!("automatic snapshot {} of branch {branch}", info.name),
             Err(e) => error!("automatic snapshot of branch {branch} failed: {e}"),
         }

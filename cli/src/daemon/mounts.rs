@@ -179,6 +179,7 @@ impl Daemon {
         let options = MountOptions {
             threads: threads.unwrap_or(self.threads).max(1),
             fsname: self.store_path.display().to_string(),
+            writeback_cache: self.store.config().writeback_cache,
             ..MountOptions::default()
         };
         let mounted = strata_fs::mount(volume, &mount_point, &options).with_context(|| {
@@ -394,6 +395,17 @@ impl Host for Daemon {
 
     fn generations_deleted(&self) {
         self.maintenance.request(false);
+    }
+
+    fn write_back(&self, branch: &str) -> Vec<strata_fs::WriteBack> {
+        self.invalidators(|k| matches!(k, VolumeKind::Branch(b) if b.as_str() == branch))
+            .into_iter()
+            .map(|(mp, invalidator)| {
+                let wb = invalidator.write_back();
+                tracing::debug!("wrote back {} open files of {mp}", wb.files());
+                wb
+            })
+            .collect()
     }
 
     fn branch_replaced(&self, branch: &str) -> Vec<String> {
