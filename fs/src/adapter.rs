@@ -273,6 +273,10 @@ impl Filesystem for StrataFs {
         if self.writeback && !self.views().root().is_read_only() {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
+        // The daemon clears set-user-ID and set-group-ID bits itself (`kill_suid`), so
+        // the kernel stops asking for security.capability before every write() (one
+        // GETXATTR round trip per call, the cost of small buffered writes).
+        wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let available = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(available) {
             tracing::warn!(?missing, "kernel refused FUSE capabilities");
@@ -350,15 +354,18 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         self.contain("setattr", move || {
-            if self.shared.cut.is_own(req.pid()) {
+            if self.shared.cut.is_resync(req.pid()) {
                 // A rolled-back file's size handed to the kernel (WriteBack::tree_replaced):
                 // answered with what the store holds, nothing changed.
                 let (a, ttl) = tri!("setattr", reply, self.stat(i.0));
                 reply.attr(ttl, &a);
                 return;
             }
+            let caller = (req.uid(), req.gid());
             self.after_cut(&[i.0], move |s| {
-                setattr(s, i, mode, uid, gid, size, atime, mtime, ctime, reply)
+                setattr(
+                    s, i, caller, mode, uid, gid, size, atime, mtime, ctime, reply,
+                )
             });
         });
     }
@@ -587,12 +594,12 @@ impl Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -605,6 +612,26 @@ impl Filesystem for StrataFs {
                 return;
             }
             let n = tri!("write", reply, o.vol.write(o.ino, offset, data));
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                // Asked by the kernel (FUSE_HANDLE_KILLPRIV_V2): a write by a caller
+                // without CAP_FSETID clears the set-ID bits.
+                let a = tri!(
+                    "write",
+                    reply,
+                    o.vol.getattr(o.ino).map_err(|e| fail("write", &e))
+                );
+                if let Some(mode) = without_set_id(&a, (req.uid(), req.gid())) {
+                    let set = snap::SetAttr {
+                        mode: Some(mode),
+                        ..Default::default()
+                    };
+                    tri!(
+                        "write",
+                        reply,
+                        o.vol.setattr(o.ino, &set).map_err(|e| fail("write", &e))
+                    );
+                }
+            }
             reply.written(n);
         });
     }
@@ -1011,6 +1038,13 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         self.contain("copy_file_range", move || {
+            if self.shared.cut.is_cut(&[ino_in.0, ino_out.0]) {
+                // The kernel holds the destination's inode lock while it waits: kept, the
+                // request could stop the snapshot's fsync of that file. EXDEV makes the
+                // kernel copy through the page cache instead.
+                reply.error(Errno::EXDEV);
+                return;
+            }
             self.after_cut(&[ino_in.0, ino_out.0], move |s| {
                 // Between trees the kernel falls back to copying through the page cache.
                 let (src, dst) = tri!("copy_file_range", reply, s.views.pair(ino_in.0, ino_out.0));
@@ -1032,6 +1066,7 @@ impl Filesystem for StrataFs {
 fn setattr(
     s: &Shared,
     i: INodeNo,
+    caller: (u32, u32),
     mode: Option<u32>,
     uid: Option<u32>,
     gid: Option<u32>,
@@ -1046,6 +1081,21 @@ fn setattr(
         TimeOrNow::Now => snap::TimeSet::Now,
         TimeOrNow::SpecificTime(t) => snap::TimeSet::At(ts(t)),
     };
+    // FUSE_HANDLE_KILLPRIV_V2: the kernel leaves clearing the set-ID bits to us, as
+    // Linux does it: a chown of anything but a directory clears them, a truncate by a
+    // caller without CAP_FSETID (taken as: not root) too.
+    let chown = uid.is_some() || gid.is_some();
+    let mut mode = mode;
+    if mode.is_none() && (chown || (size.is_some() && caller.0 != 0)) {
+        let a = tri!(
+            "setattr",
+            reply,
+            o.vol.getattr(o.ino).map_err(|e| fail("setattr", &e))
+        );
+        if a.kind != FileKind::Dir {
+            mode = without_set_id(&a, caller);
+        }
+    }
     let set = snap::SetAttr {
         mode,
         uid,
@@ -1057,6 +1107,21 @@ fn setattr(
     };
     let a = tri!("setattr", reply, o.vol.setattr(o.ino, &set));
     reply.attr(ttl(&o), &fattr(&o, &a));
+}
+
+/// `a`'s permissions without set-user-ID and, as Linux decides it
+/// (setattr_should_drop_sgid), without set-group-ID when the group may execute or the
+/// caller is neither in the file's group nor privileged; `None` if nothing changes.
+/// `caller`: (uid, gid) of the request; uid 0 stands for CAP_FSETID, and only the
+/// caller's primary group is known.
+fn without_set_id(a: &Attr, caller: (u32, u32)) -> Option<u32> {
+    let before = u32::from(a.perm);
+    let mut p = before & !libc::S_ISUID;
+    let in_group_or_capable = caller.0 == 0 || caller.1 == a.gid;
+    if p & libc::S_IXGRP != 0 || !in_group_or_capable {
+        p &= !libc::S_ISGID;
+    }
+    (p != before).then_some(p)
 }
 
 fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {

@@ -37,7 +37,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -75,6 +75,8 @@ struct Cut {
 pub struct CutSlot {
     /// Whether a write-back is in progress (read without the lock by every request).
     active: AtomicBool,
+    /// The thread handing the kernel the sizes of a rolled-back tree, or 0.
+    resync_tid: AtomicU32,
     cut: Mutex<Option<Cut>>,
     /// Signalled when a write-back ends (another may begin).
     ended: Condvar,
@@ -143,9 +145,20 @@ impl CutSlot {
         }
     }
 
-    /// Whether a request of thread `tid` is the write-back's own.
-    pub(crate) fn is_own(&self, tid: u32) -> bool {
-        self.active() && self.lock().as_ref().is_some_and(|c| c.tid == tid)
+    /// Whether one of `inos` is cut.
+    pub(crate) fn is_cut(&self, inos: &[u64]) -> bool {
+        self.active()
+            && self
+                .lock()
+                .as_ref()
+                .is_some_and(|c| inos.iter().any(|i| c.files.contains(i)))
+    }
+
+    /// Whether a SETATTR of thread `tid` hands the kernel a rolled-back file's size
+    /// (`WriteBack::tree_replaced`): answered with the store's attributes, nothing changed.
+    pub(crate) fn is_resync(&self, tid: u32) -> bool {
+        let r = self.resync_tid.load(Ordering::SeqCst);
+        r != 0 && r == tid
     }
 
     /// Keeps a write to a cut file (the caller answers it); false if `ino` is not cut.
@@ -343,15 +356,32 @@ impl WriteBack {
 
     /// The branch's tree was replaced (a rollback) while the files were cut; call after
     /// the kernel's caches of the mount were dropped. The writes kept meanwhile belonged
-    /// to the replaced tree and are dropped. The kernel keeps its own size of a file it
-    /// holds open (it owns sizes under the writeback cache): each open file is truncated,
-    /// through the mount, by this thread, whose SETATTR the daemon answers with the
-    /// file's size in the new tree without changing anything; the kernel takes that size.
+    /// to the replaced tree and are dropped; the other kept requests run. Then, as the
+    /// kernel keeps its own size of a file it holds open (it owns sizes under the
+    /// writeback cache), each open file is truncated through the mount by this thread,
+    /// whose SETATTR the daemon answers with the file's size in the new tree, changing
+    /// nothing; the kernel takes that size. (After the cut ended: a kept request, e.g.
+    /// an application's fsync, may hold the inode lock a truncate needs.)
     pub fn tree_replaced(mut self) {
-        self.discard = true;
-        let Some(shared) = self.shared.clone() else {
+        let Some(shared) = self.shared.take() else {
             return;
         };
+        shared.cut.end(&shared, true);
+        shared.cut.resync_tid.store(gettid(), Ordering::SeqCst);
+        shared.resync_open_sizes(&mut self.files);
+        shared.cut.resync_tid.store(0, Ordering::SeqCst);
+    }
+
+    /// How many files were reopened and cut.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+}
+
+impl Shared {
+    /// See `WriteBack::tree_replaced`; the files opened are pushed to `files`.
+    fn resync_open_sizes(&self, files: &mut Vec<File>) {
+        let shared = self;
         let Some(root) = shared.mount_point.get().cloned() else {
             return;
         };
@@ -364,20 +394,14 @@ impl WriteBack {
                 Ok(a) if a.kind == strata_snapshot::FileKind::File => a.size,
                 _ => continue,
             };
-            let Some(f) = reopen(&shared, &root, ino, true) else {
+            let Some(f) = reopen(shared, &root, ino, true) else {
                 continue;
             };
             if let Err(e) = f.set_len(size) {
                 tracing::warn!(error = %e, ino, "cannot give the kernel the size of a rolled-back file");
             }
-            // Closed once the cut ended: a close of a cut file waits for it.
-            self.files.push(f);
+            files.push(f);
         }
-    }
-
-    /// How many files were reopened and cut.
-    pub fn files(&self) -> usize {
-        self.files.len()
     }
 }
 
@@ -424,7 +448,8 @@ mod tests {
         assert!(!slot.keep_write(5, 0, b"x"), "pass 1 cuts nothing");
         slot.start_marking();
         assert!(slot.own_fsync(5, gettid()));
-        assert!(slot.is_own(gettid()) && !slot.is_own(other));
+        assert!(slot.is_cut(&[5]) && !slot.is_cut(&[6]));
+        assert!(!slot.is_resync(gettid()), "a write-back is not a resync");
         assert!(slot.keep_write(5, 10, b"abc"));
         assert!(!slot.keep_write(6, 0, b"y"), "file 6 is not cut");
         assert!(slot.keep_op(&[6], Box::new(|_| {})).is_some());

@@ -464,3 +464,95 @@ fn a_forced_rollback_drops_cached_writes_and_keeps_them_in_the_saved_state() {
     mount.unmount();
     ts.assert_verify_clean();
 }
+
+/// Runs `script` with `sh -c` as the user nobody (uid and gid 65534, no groups).
+fn as_nobody(dir: &Path, script: &str) {
+    let st = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .status()
+        .expect("run setpriv (util-linux)");
+    assert!(
+        st.success(),
+        "as nobody in {}: {script}: {st}",
+        dir.display()
+    );
+}
+
+/// The set-ID scenarios, in `dir`; returns each file's mode afterwards.
+fn set_id_scenario(dir: &Path) -> Vec<(&'static str, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let make = |name: &str, mode: u32| {
+        let p = dir.join(name);
+        fs::write(&p, b"0123456789").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    make("written", 0o6777);
+    make("truncated", 0o6777);
+    make("chowned", 0o6755);
+    make("sgid-no-exec", 0o2646);
+    make("written-by-root", 0o6777);
+    let sub = dir.join("setgid-dir");
+    fs::create_dir(&sub).unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o2775)).unwrap();
+    as_nobody(
+        dir,
+        "printf x >> written && truncate -s 3 truncated && printf y >> sgid-no-exec",
+    );
+    OpenOptions::new()
+        .append(true)
+        .open(dir.join("written-by-root"))
+        .unwrap()
+        .write_all(b"z")
+        .unwrap();
+    std::os::unix::fs::chown(dir.join("chowned"), Some(1), Some(1)).unwrap();
+    std::os::unix::fs::chown(&sub, Some(1), Some(1)).unwrap();
+    [
+        "written",
+        "truncated",
+        "chowned",
+        "sgid-no-exec",
+        "written-by-root",
+        "setgid-dir",
+    ]
+    .into_iter()
+    .map(|n| (n, fs::metadata(dir.join(n)).unwrap().mode() & 0o7777))
+    .collect()
+}
+
+#[test]
+fn set_id_bits_are_cleared_as_on_the_native_file_system() {
+    let native = tempfile::tempdir().unwrap();
+    let expected = set_id_scenario(&native.path().join("t"));
+    // The scenario is only a test if the native run cleared something.
+    assert_eq!(expected[0], ("written", 0o777), "native: {expected:?}");
+    let ts = TestStore::new();
+    let mount = ts.mount();
+    let got = set_id_scenario(&mount.path("t"));
+    assert_eq!(
+        got, expected,
+        "strata (left) and the native file system (right) differ"
+    );
+    mount.unmount();
+    let mount = ts.mount();
+    let after: Vec<(&str, u32)> = got
+        .iter()
+        .map(|(n, _)| {
+            (
+                *n,
+                fs::metadata(mount.path(format!("t/{n}"))).unwrap().mode() & 0o7777,
+            )
+        })
+        .collect();
+    assert_eq!(after, expected, "after a remount");
+    mount.unmount();
+}
