@@ -119,7 +119,7 @@ def pgbench(t):
     os.chmod(data, 0o700)
     as_postgres([f"{bindir}/initdb", "-D", data, "--no-instructions", "-A", "trust"], stdout=subprocess.DEVNULL)
     opts = f"-k {sock} -c listen_addresses='' -p 5439"
-    as_postgres([f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(t.base, "pg.log"), "-w", "start"],
+    as_postgres([f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(sock, "pg.log"), "-w", "start"],
                 stdout=subprocess.DEVNULL)
     SERVERS.append((bindir, data))
     try:

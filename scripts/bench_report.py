@@ -188,6 +188,25 @@ if os.path.exists(snap_path):
                 f"| {g['blocks_rewritten']} | {g['block_size'] // 1024} KiB | {g['pack_growth'] / 1024:,.0f} KiB | "
                 f"{g['pack_growth_per_block'] / 1024:.1f} KiB | {g['meta_growth'] / 1024:,.0f} KiB |"
             )
+apps_path = os.path.join(raw_root, "apps.json")
+if os.path.exists(apps_path):
+    apps = json.load(open(apps_path))
+    extra["apps"] = apps
+    med = apps.get("median", {})
+    nat, sta = med.get("native", {}), med.get("strata", {})
+    if nat.get("tree") and sta.get("tree"):
+        n = nat["tree"]["files"]
+        lines += ["", f"| tree of {n:,} files of 100 B | native | strata | strata/native time | target | met? |", "|---|---|---|---|---|---|"]
+        for key in ("ls -lR cold", "ls -lR warm", "find cold", "find warm", "create_s"):
+            a, b = nat["tree"][key], sta["tree"][key]
+            label = "create (python, one file at a time)" if key == "create_s" else f"`{key.split(' ')[0]}{' -lR' if 'ls' in key else ''}` {key.split(' ')[-1]}"
+            target = "≤ 2× native time" if key != "create_s" else "–"
+            met = ("yes" if b <= 2 * a else "**no**") if key != "create_s" else "–"
+            lines.append(f"| {label} | {a:.2f} s | {b:.2f} s | {b / a:.2f}× | {target} | {met} |")
+    if nat.get("pgbench") and sta.get("pgbench"):
+        a, b = nat["pgbench"], sta["pgbench"]
+        lines += ["", "| pgbench | native | strata | strata/native | target | met? |", "|---|---|---|---|---|---|",
+                  f"| -c 4 -j 2 -T {a['seconds']}, scale {a['scale']} | {a['tps']:,.0f} tps | {b['tps']:,.0f} tps | {b['tps'] / a['tps']:.2f}× | ≥ 0.8× native | {'yes' if b['tps'] >= 0.8 * a['tps'] else '**no**'} |"]
 gen_path = os.path.join(raw_root, "generations.json")
 if os.path.exists(gen_path):
     gens = json.load(open(gen_path))
