@@ -31,10 +31,14 @@ use crate::inodes::{Place, SNAPDIR};
 use crate::invalidate::{KernelCache, Shared};
 use crate::snapdir::{Node, Obj, Views};
 
-/// How long the kernel may cache entries and attributes of the live tree. Every change
-/// goes through this daemon, and the kernel invalidates what its own requests change.
-/// Names in `.snapshots` use it too (snapshots are created, renamed and deleted).
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries and attributes of the live tree: long, since a
+/// branch is mounted once and every change goes through this daemon. The kernel drops
+/// what its own requests change; what changes behind it is dropped through the notifier:
+/// a rollback's tree and `.snapshots` (module `invalidate`), the blocks a write-back
+/// allocates (module `stale_attrs`). A long entry TTL also keeps the kernel's cached
+/// POSIX ACLs, which it forgets whenever it revalidates an entry: `ls -l` then costs one
+/// GETXATTR (security.selinux) a file instead of a LOOKUP and two GETXATTRs.
+const TTL: Duration = Duration::from_secs(3600);
 /// The same inside snapshots, which never change.
 const SNAP_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_WRITE: u32 = 1 << 20;
@@ -57,6 +61,7 @@ impl StrataFs {
                 handles: Handles::default(),
                 mount_point: OnceLock::new(),
                 cut: Default::default(),
+                stale: Default::default(),
             }),
             writeback,
         }
@@ -234,10 +239,13 @@ fn attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn ctx(req: &Request) -> Ctx {
+/// Who asks, and the umask the kernel left to us (FUSE_DONT_MASK: module `acl` of the
+/// snapshot layer applies it, or the directory's default ACL instead).
+fn ctx(req: &Request, umask: u32) -> Ctx {
     Ctx {
         uid: req.uid(),
         gid: req.gid(),
+        umask,
     }
 }
 
@@ -277,6 +285,11 @@ impl Filesystem for StrataFs {
         // the kernel stops asking for security.capability before every write() (one
         // GETXATTR round trip per call, the cost of small buffered writes).
         wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        // POSIX ACLs as on ext4 mounted with acl: the kernel enforces them and caches
+        // them per inode (`ls -l` then asks once per file, not on every call); the
+        // snapshot layer keeps them coherent with the permission bits and applies the
+        // umask or the directory's default ACL to new inodes (FUSE_DONT_MASK).
+        wanted |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         let available = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(available) {
             tracing::warn!(?missing, "kernel refused FUSE capabilities");
@@ -384,7 +397,7 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -397,7 +410,8 @@ impl Filesystem for StrataFs {
             let a = tri!(
                 "mknod",
                 reply,
-                o.vol.mknod(o.ino, name.as_bytes(), mode, rdev, ctx(req))
+                o.vol
+                    .mknod(o.ino, name.as_bytes(), mode, rdev, ctx(req, umask))
             );
             self.entry(reply, parent, name, &o, &a, &TTL);
         });
@@ -409,7 +423,7 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         self.contain("mkdir", move || {
@@ -421,7 +435,7 @@ impl Filesystem for StrataFs {
             let a = tri!(
                 "mkdir",
                 reply,
-                o.vol.mkdir(o.ino, name.as_bytes(), mode, ctx(req))
+                o.vol.mkdir(o.ino, name.as_bytes(), mode, ctx(req, umask))
             );
             self.entry(reply, parent, name, &o, &a, &TTL);
         });
@@ -474,7 +488,7 @@ impl Filesystem for StrataFs {
                     o.ino,
                     link_name.as_bytes(),
                     target.as_os_str().as_bytes(),
-                    ctx(req)
+                    ctx(req, 0)
                 )
             );
             self.entry(reply, parent, link_name, &o, &a, &TTL);
@@ -612,6 +626,8 @@ impl Filesystem for StrataFs {
                 return;
             }
             let n = tri!("write", reply, o.vol.write(o.ino, offset, data));
+            // The blocks it allocated are news to the kernel (module `stale_attrs`).
+            self.shared.stale.mark(i.0);
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
                 // Asked by the kernel (FUSE_HANDLE_KILLPRIV_V2): a write by a caller
                 // without CAP_FSETID clears the set-ID bits.
@@ -824,7 +840,7 @@ impl Filesystem for StrataFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -834,9 +850,21 @@ impl Filesystem for StrataFs {
     ) {
         self.contain("setxattr", move || {
             let o = tri!("setxattr", reply, self.writable(i));
+            // Setting an access ACL clears set-group-ID unless the caller is in the
+            // file's group or privileged (taken as: root), as the kernel decides for ext4.
+            let kill_sgid = name.as_bytes() == b"system.posix_acl_access"
+                && req.uid() != 0
+                && !match o.vol.getattr(o.ino) {
+                    Ok(a) => in_group(req, a.gid),
+                    Err(e) => {
+                        reply.error(fail("setxattr", &e));
+                        return;
+                    }
+                };
             let f = snap::XattrFlags {
                 create: flags & libc::XATTR_CREATE != 0,
                 replace: flags & libc::XATTR_REPLACE != 0,
+                kill_sgid,
             };
             tri!(
                 "setxattr",
@@ -907,7 +935,7 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -920,7 +948,8 @@ impl Filesystem for StrataFs {
             let a = tri!(
                 "create",
                 reply,
-                o.vol.mknod(o.ino, name.as_bytes(), mode, 0, ctx(req))
+                o.vol
+                    .mknod(o.ino, name.as_bytes(), mode, 0, ctx(req, umask))
             );
             tri!("create", reply, o.vol.open_file(a.ino));
             o.vol.hold(a.ino, 1);
@@ -1124,6 +1153,21 @@ fn without_set_id(a: &Attr, caller: (u32, u32)) -> Option<u32> {
     (p != before).then_some(p)
 }
 
+/// Whether the caller of `req` is in group `gid`: its primary group, or one of the
+/// supplementary groups its process has (`Groups:` of /proc/PID/status).
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+}
+
 fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {
     if size == 0 {
         reply.size(v.len() as u32);
@@ -1148,7 +1192,11 @@ mod tests {
         };
         snap::Store::init(&path, &opts).unwrap();
         let store = snap::Store::open(&path).unwrap().main();
-        let ctx = Ctx { uid: 0, gid: 0 };
+        let ctx = Ctx {
+            uid: 0,
+            gid: 0,
+            umask: 0,
+        };
         let f = store
             .mknod(snap::InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)
             .unwrap()

@@ -24,6 +24,7 @@ use strata_snapshot::InodeNo as Ino;
 use crate::handles::Handles;
 use crate::inodes::{Place, SNAPDIR};
 use crate::snapdir::Views;
+use crate::stale_attrs::StaleAttrs;
 use crate::writeback::{CutSlot, WriteBack};
 
 /// State shared by the request handlers of one mount and its `Invalidator`s.
@@ -37,6 +38,8 @@ pub struct Shared {
     pub mount_point: OnceLock<PathBuf>,
     /// The write-back in progress, if any (see `writeback`).
     pub cut: CutSlot,
+    /// Inodes whose attributes changed behind the kernel (see `stale_attrs`).
+    pub stale: StaleAttrs,
 }
 
 /// Entries and inodes the kernel may have cached.

@@ -3,7 +3,7 @@
 //! Owns: translation of kernel requests into `strata_snapshot::Volume` calls (`adapter`),
 //! the one errno mapping (`errno`), open handles (`handles`), FUSE inode numbering
 //! (`inodes`), the volumes a mount serves and its `.snapshots` directory (`snapdir`),
-//! what the kernel cached and its invalidation (`invalidate`), bringing the kernel's
+//! what the kernel cached and its invalidation (`invalidate`, `stale_attrs`), bringing the kernel's
 //! dirty pages in before a snapshot (`writeback`), and the mount lifecycle (this file).
 //! Never touches sled or pack files.
 //!
@@ -28,6 +28,7 @@ mod handles;
 mod inodes;
 mod invalidate;
 mod snapdir;
+mod stale_attrs;
 mod writeback;
 
 use std::ffi::CString;
@@ -178,6 +179,9 @@ pub fn mount(volume: Volume, mountpoint: &Path, opts: &MountOptions) -> std::io:
     };
     let _ = shared.notifier.set(session.notifier());
     let invalidator = Invalidator::new(&shared);
+    if let Err(e) = stale_attrs::spawn_refresher(Arc::downgrade(&shared)) {
+        tracing::warn!(error = %e, "no thread to refresh attributes; st_blocks may lag");
+    }
     drop(shared); // the session owns the adapter; the invalidator only refers to it
     let session = session.spawn()?;
     if opts.readahead > 0 {

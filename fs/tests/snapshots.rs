@@ -406,7 +406,11 @@ fn inode_numbers_are_distinct_and_stable_across_remounts() {
 #[test]
 fn a_real_snapshots_entry_in_the_root_is_shadowed() {
     let mut f = Fixture::new();
-    let ctx = strata_snapshot::Ctx { uid: 0, gid: 0 };
+    let ctx = strata_snapshot::Ctx {
+        uid: 0,
+        gid: 0,
+        umask: 0,
+    };
     let main = f.store().main();
     let real = main
         .mkdir(strata_snapshot::InodeNo::ROOT, b".snapshots", 0o755, ctx)

@@ -1,17 +1,22 @@
-//! Attribute operations: setattr (chmod, chown, truncate, utimens), extended attributes,
-//! and statfs figures from the disk under the store.
+//! Attribute operations: setattr (chmod, chown, truncate, utimens), extended attributes
+//! (POSIX ACLs among them, kept coherent with the permission bits: module `acl`), and
+//! statfs figures from the disk under the store.
 
+use crate::acl::{self, Acl};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::types::{
     Attr, FileKind, InodeNo, SetAttr, StatFs, TimeSet, Timestamp, NAME_MAX, XATTR_VALUE_MAX,
 };
 
-/// setxattr's XATTR_CREATE / XATTR_REPLACE.
+/// setxattr's XATTR_CREATE / XATTR_REPLACE, and for an access ACL whether the caller is
+/// neither in the file's group nor privileged (the kernel's in_group_or_capable), so that
+/// setting it clears set-group-ID as on ext4.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XattrFlags {
     pub create: bool,
     pub replace: bool,
+    pub kill_sgid: bool,
 }
 
 impl crate::volume::Volume {
@@ -33,6 +38,9 @@ impl crate::volume::Volume {
         if let Some(mode) = set.mode {
             rec.perm = (mode & 0o7777) as u16;
             changed = true;
+            if rec.kind != FileKind::Symlink {
+                chmod_acl(&mut st, ino, rec.perm)?;
+            }
         }
         if let Some(uid) = set.uid {
             rec.uid = uid;
@@ -88,7 +96,33 @@ impl crate::volume::Volume {
         if flags.replace && !exists {
             return Err(Error::NoAttribute);
         }
-        st.meta.put(&key, value);
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            if rec.kind == FileKind::Symlink {
+                return Err(Error::NotSupported("POSIX ACLs on a symbolic link"));
+            }
+            if name == acl::DEFAULT && rec.kind != FileKind::Dir {
+                return Err(Error::NotSupported("a default ACL on a non-directory"));
+            }
+            let a = Acl::decode(value)?;
+            if name == acl::ACCESS {
+                // posix_acl_update_mode: the bits from the ACL; the ACL only if it says more.
+                rec.perm = (rec.perm & !0o777) | a.mode_bits();
+                if flags.kill_sgid {
+                    rec.perm &= !(libc::S_ISGID as u16);
+                }
+                if a.is_minimal() {
+                    if exists {
+                        st.meta.delete(&key)?;
+                    }
+                } else {
+                    st.meta.put(&key, value);
+                }
+            } else {
+                st.meta.put(&key, value);
+            }
+        } else {
+            st.meta.put(&key, value);
+        }
         rec.ctime = Timestamp::now();
         st.save_inode(ino, &rec);
         Ok(())
@@ -159,5 +193,20 @@ fn check_xattr_name(name: &[u8]) -> Result<()> {
     if name.contains(&0) {
         return Err(Error::InvalidArgument("attribute name with a NUL byte"));
     }
+    Ok(())
+}
+
+/// chmod's rewrite of an inode's access ACL, if it has one (posix_acl_chmod).
+fn chmod_acl(st: &mut crate::store::State, ino: InodeNo, perm: u16) -> Result<()> {
+    let key = keys::xattr(ino, acl::ACCESS);
+    let Some(value) = st.meta.get(&key)? else {
+        return Ok(());
+    };
+    let mut a = Acl::decode(&value).map_err(|e| Error::BadRecord {
+        key: format!("access ACL of inode {}", ino.0),
+        detail: e.to_string(),
+    })?;
+    a.chmod(perm);
+    st.meta.put(&key, &a.encode());
     Ok(())
 }

@@ -279,6 +279,7 @@ mod tests {
         let ctx = Ctx {
             uid: 1000,
             gid: 100,
+            umask: 0,
         };
         let root = InodeNo::ROOT;
         let text = b"strata keeps every generation of this file.\n".repeat(200);
@@ -311,6 +312,7 @@ mod tests {
         let flags = XattrFlags {
             create: false,
             replace: false,
+            kill_sgid: false,
         };
         v.setxattr(hello.ino, b"user.note", b"a value", flags)
             .unwrap();
@@ -406,7 +408,11 @@ mod tests {
         Store::init(&path, &opts).unwrap();
         let s = Store::open(&path).unwrap();
         let v = s.main();
-        let ctx = Ctx { uid: 0, gid: 0 };
+        let ctx = Ctx {
+            uid: 0,
+            gid: 0,
+            umask: 0,
+        };
         let root = InodeNo::ROOT;
         let a = v.mknod(root, b"a", libc::S_IFREG | 0o644, 0, ctx).unwrap();
         s.sync().unwrap(); // the log's epoch is now 1

@@ -13,6 +13,7 @@
 //! - sled is reached only through `meta` (and `meta_compact`, which rewrites the database
 //!   at open when gc asked for it); packs only through the blockstore.
 
+mod acl;
 mod attrs;
 mod codec;
 mod config;

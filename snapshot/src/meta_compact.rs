@@ -157,7 +157,11 @@ mod tests {
                     name.as_bytes(),
                     libc::S_IFREG | 0o644,
                     0,
-                    Ctx { uid: 0, gid: 0 },
+                    Ctx {
+                        uid: 0,
+                        gid: 0,
+                        umask: 0,
+                    },
                 )
                 .unwrap();
             v.write(a.ino, 0, &vec![i as u8; 70_000]).unwrap();

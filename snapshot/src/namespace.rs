@@ -3,8 +3,10 @@
 //!
 //! Permission checks are the kernel's (the mount uses default_permissions); this layer
 //! keeps the tree consistent: link counts (a directory has 2 + its subdirectories),
-//! parent pointers of directories, timestamps as ext4 sets them, setgid inheritance.
+//! parent pointers of directories, timestamps as ext4 sets them, setgid inheritance, and
+//! the umask or the directory's default ACL (module `acl`).
 
+use crate::acl::{self, Acl};
 use crate::codec::{self, InodeRecord};
 use crate::error::{Error, Result};
 use crate::inode::check_name;
@@ -109,7 +111,15 @@ impl Volume {
                 perm |= libc::S_ISGID as u16;
             }
         }
+        let (perm, acls) = if kind == FileKind::Symlink {
+            (perm, Vec::new())
+        } else {
+            inherited_acls(&st, parent, kind, perm, ctx.umask)?
+        };
         let ino = st.alloc_ino()?;
+        for (name, value) in acls {
+            st.meta.put(&keys::xattr(ino, name), &value);
+        }
         let rec = InodeRecord {
             kind,
             perm,
@@ -511,4 +521,34 @@ fn touch_dirs(st: &mut State, a: InodeNo, b: InodeNo, now: Timestamp) -> Result<
         }
     }
     Ok(())
+}
+
+/// The permissions and ACLs of a new inode in `parent` (posix_acl_create): without a
+/// default ACL, `perm` less the umask and no ACL; with one, `perm` and that ACL masked by
+/// each other, stored unless the bits say it all, and for a directory the default ACL
+/// again as its own.
+fn inherited_acls(
+    st: &State,
+    parent: InodeNo,
+    kind: FileKind,
+    perm: u16,
+    umask: u32,
+) -> Result<(u16, Vec<(&'static [u8], Vec<u8>)>)> {
+    let key = keys::xattr(parent, acl::DEFAULT);
+    let Some(value) = st.meta.get(&key)? else {
+        return Ok((perm & !(umask & 0o777) as u16, Vec::new()));
+    };
+    let mut access = Acl::decode(&value).map_err(|e| Error::BadRecord {
+        key: format!("default ACL of inode {}", parent.0),
+        detail: e.to_string(),
+    })?;
+    let perm = access.create_masq(perm);
+    let mut acls = Vec::new();
+    if !access.is_minimal() {
+        acls.push((acl::ACCESS, access.encode()));
+    }
+    if kind == FileKind::Dir {
+        acls.push((acl::DEFAULT, value));
+    }
+    Ok((perm, acls))
 }

@@ -8,6 +8,7 @@ use crate::*;
 const CTX: Ctx = Ctx {
     uid: 1000,
     gid: 100,
+    umask: 0,
 };
 pub(crate) const BS: u32 = 16384;
 
@@ -320,7 +321,16 @@ fn setgid_directories_pass_their_group_on() {
     let (_dir, s) = new_store();
     let d = s
         .main()
-        .mkdir(InodeNo::ROOT, b"d", 0o2775, Ctx { uid: 0, gid: 50 })
+        .mkdir(
+            InodeNo::ROOT,
+            b"d",
+            0o2775,
+            Ctx {
+                uid: 0,
+                gid: 50,
+                umask: 0,
+            },
+        )
         .unwrap();
     assert_eq!(d.perm & 0o2000, 0o2000);
     let f = s
@@ -339,10 +349,12 @@ fn xattrs_flags_and_errors() {
     let create = XattrFlags {
         create: true,
         replace: false,
+        kill_sgid: false,
     };
     let replace = XattrFlags {
         create: false,
         replace: true,
+        kill_sgid: false,
     };
     assert!(matches!(
         s.main().setxattr(f, b"user.a", b"1", replace),

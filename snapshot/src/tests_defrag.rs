@@ -8,7 +8,11 @@ use std::sync::Arc;
 use crate::tests::{new_store, reopen, BS};
 use crate::*;
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 const BLOCKS: u64 = 96;
 
 fn block(i: u64, round: u64) -> Vec<u8> {

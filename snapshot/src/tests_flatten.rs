@@ -11,7 +11,11 @@ use crate::*;
 
 use crate::tests::{new_store, reopen};
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 /// A small deterministic generator (xorshift), so failures replay from the seed.
 struct Rng(u64);
@@ -362,7 +366,11 @@ fn deleting_every_snapshot_leaves_one_generation_per_branch() {
 fn a_deleted_snapshot_with_an_open_file_is_flattened_only_once_it_is_closed() {
     let (_dir, s) = new_store();
     let main = s.main();
-    let ctx = Ctx { uid: 0, gid: 0 };
+    let ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        umask: 0,
+    };
     let f = main
         .mknod(InodeNo::ROOT, b"f", libc::S_IFREG | 0o644, 0, ctx)
         .unwrap()

@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use crate::*;
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 use crate::tests::{new_store, reopen, BS};
 
 fn put(v: &Volume, path: &str, data: &[u8]) -> InodeNo {

@@ -10,7 +10,11 @@ use crate::meta::MAX_WALK;
 use crate::tests::{new_store, reopen, BS};
 use crate::*;
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 /// Three chunks, the last one partly a hole.
 const BLOCKS: u64 = 2 * CHUNK_BLOCKS + 20;
 

@@ -9,7 +9,11 @@ use strata_blockstore::BlockId;
 use crate::tests::{new_store, reopen, BS};
 use crate::*;
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 fn file(v: &Volume, name: &str, blocks: u64, seed: u8) -> InodeNo {
     let ino = v

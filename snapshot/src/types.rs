@@ -155,11 +155,14 @@ pub struct SetAttr {
     pub ctime: Option<Timestamp>,
 }
 
-/// Who is asking: new inodes take this uid/gid (or the parent's gid under setgid).
+/// Who is asking: new inodes take this uid/gid (or the parent's gid under setgid), and
+/// their permissions lose the bits of `umask` unless the directory has a default ACL
+/// (module `acl`).
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
+    pub umask: u32,
 }
 
 /// One directory entry as listed by readdir.

@@ -1,5 +1,5 @@
 //! Mounts seen from the tests: /proc/self/mountinfo, unmounting by force when a test
-//! failed, a tmpfs guard, and synthetic stale FUSE mounts.
+//! failed, tmpfs and ext4 guards, and synthetic stale FUSE mounts.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -170,6 +170,55 @@ impl Drop for Tmpfs {
             eprintln!(
                 "warning: could not unmount the tmpfs at {}",
                 self.path.display()
+            );
+        }
+    }
+}
+
+/// An ext4 file system in an image file, loop-mounted (with POSIX ACLs, ext4's default)
+/// on `DIR/mnt` for the lifetime of the guard: the native file system strata's semantics
+/// are compared with.
+pub struct Ext4 {
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ext4 {
+    pub fn mount(size: &str) -> Ext4 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("ext4.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("truncate").args(["-s", size]).arg(&image));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        run(Command::new("mount")
+            .args(["-o", "loop,acl"])
+            .arg(&image)
+            .arg(&mnt));
+        // lost+found is not part of what a test compares.
+        let _ = std::fs::remove_dir(mnt.join("lost+found"));
+        Ext4 { mnt, _dir: dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        if !force_unmount(&self.mnt) {
+            eprintln!(
+                "warning: could not unmount the ext4 image at {}",
+                self.mnt.display()
             );
         }
     }

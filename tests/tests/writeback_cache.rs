@@ -283,6 +283,23 @@ fn size_and_times_stay_right_under_the_kernels_write_cache() {
     assert_eq!(md.len(), 1_000_004);
     assert_eq!(mtime_ns(&md), written_at, "mtime moved to the write-back");
 
+    // st_blocks of a file still open, once fsync brought its pages in: the kernel keeps
+    // attributes for long and learns of the allocated blocks from the daemon.
+    let grown = mount.path("grown.bin");
+    let g = File::create(&grown).unwrap();
+    g.write_all_at(&random_bytes(2, 1 << 20), 0).unwrap();
+    g.sync_all().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&grown).unwrap().blocks() < 2048 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "st_blocks of an fsynced 1 MiB file still {} after 10 s",
+            fs::metadata(&grown).unwrap().blocks()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(g);
+
     // O_APPEND from two descriptors, alternating.
     let open_append = || {
         OpenOptions::new()

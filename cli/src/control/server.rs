@@ -366,7 +366,11 @@ mod tests {
             .store
             .volume(VolumeKind::Branch(MAIN_BRANCH.into()))
             .unwrap();
-        let ctx = Ctx { uid: 0, gid: 0 };
+        let ctx = Ctx {
+            uid: 0,
+            gid: 0,
+            umask: 0,
+        };
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let f = vol
                 .mknod(

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use crate::tests::{new_store, BS};
 use crate::*;
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 fn file(s: &Arc<Store>, name: &str) -> InodeNo {
     s.main()
