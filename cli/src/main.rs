@@ -8,6 +8,8 @@ mod commands;
 mod control;
 mod daemon;
 mod error;
+mod hooks;
+mod last_verify;
 mod lock;
 mod logging;
 mod mountinfo;
@@ -47,6 +49,8 @@ enum Command {
     Verify(commands::verify::Args),
     /// Show space use: logical and stored bytes, dedup and compression ratios.
     Stats(commands::stats::Args),
+    /// What a store's daemon is doing, and whether the store is healthy (exit status).
+    Status(commands::status::Args),
     /// Free the blocks nothing references any more and give their disk space back.
     Gc(commands::gc::Args),
     /// Fold deleted snapshots' generations into what is kept (the daemon does it by itself).
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Umount(args) => commands::umount::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
+        Command::Status(args) => commands::status::run(&args),
         Command::Gc(args) => commands::gc::run(&args),
         Command::Flatten(args) => commands::flatten::run(&args),
         Command::Defrag(args) => commands::defrag::run(&args),

@@ -227,6 +227,7 @@ pub fn execute(
                     }
                 })
                 .map_err(model)?;
+            crate::last_verify::record(store.path(), &report);
             serde_json::to_value(report)?
         }
         Request::Gc => serde_json::to_value(store.gc().map_err(model)?)?,

@@ -288,6 +288,24 @@ pub fn run_with_progress<T: DeserializeOwned>(
     serde_json::from_value(value).context("unexpected result from the strata daemon")
 }
 
+/// The branch a command on `target` acts on by default: the one mounted where the store
+/// was named by a mount point (asked of its daemon), else main.
+pub fn branch_at(target: &StoreRef) -> Result<String> {
+    let main = strata_snapshot::MAIN_BRANCH.to_string();
+    let Some(via) = target.via_string() else {
+        return Ok(main);
+    };
+    let Some(status) = daemon_status(&target.store)? else {
+        return Ok(main);
+    };
+    Ok(status
+        .mounts
+        .into_iter()
+        .find(|m| m.mount_point == via)
+        .and_then(|m| m.branch)
+        .unwrap_or(main))
+}
+
 /// The status of the daemon serving `store`, if one answers.
 pub fn daemon_status(store: &Path) -> Result<Option<Status>> {
     match client::send(store, &Request::Ping, Duration::from_secs(30))? {

@@ -61,10 +61,7 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
 /// The default store (`$STRATA_DEFAULT_STORE` or `/var/lib/strata/default`), created with
 /// default options if it is missing or an empty directory. Returns its canonical path.
 pub fn default_store() -> Result<PathBuf> {
-    let path = match std::env::var_os(DEFAULT_STORE_ENV) {
-        Some(value) if !value.is_empty() => PathBuf::from(value),
-        _ => PathBuf::from(DEFAULT_STORE_PATH),
-    };
+    let path = default_store_path();
     if !is_store(&path) && is_missing_or_empty(&path)? {
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create the default store {}", path.display()))?;
@@ -74,6 +71,15 @@ pub fn default_store() -> Result<PathBuf> {
         eprintln!("strata: created the default store {}", path.display());
     }
     locate(&path)
+}
+
+/// Where the default store is (`$STRATA_DEFAULT_STORE` or `/var/lib/strata/default`),
+/// whether it exists or not.
+pub fn default_store_path() -> PathBuf {
+    match std::env::var_os(DEFAULT_STORE_ENV) {
+        Some(value) if !value.is_empty() => PathBuf::from(value),
+        _ => PathBuf::from(DEFAULT_STORE_PATH),
+    }
 }
 
 /// True if nothing is at `path` or it is an empty directory.

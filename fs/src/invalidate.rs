@@ -233,6 +233,13 @@ impl Invalidator {
         self.run(false);
     }
 
+    /// How many files of the mount are open (distinct inodes).
+    pub fn open_files(&self) -> u64 {
+        self.shared
+            .upgrade()
+            .map_or(0, |s| s.handles.files(false).len() as u64)
+    }
+
     /// Brings every dirty page of the mount's files into the daemon and cuts each file
     /// (module `writeback`): call before freezing the branch. Until the returned guard
     /// is dropped, requests that change a cut file are kept, then run in order.

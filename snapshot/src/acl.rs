@@ -60,7 +60,7 @@ impl Acl {
     /// in order and no unnamed one twice, permissions within rwx.
     pub(crate) fn decode(value: &[u8]) -> Result<Acl> {
         let bad = |why| Err(Error::InvalidArgument(why));
-        if value.len() < HEADER || (value.len() - HEADER) % ENTRY != 0 {
+        if value.len() < HEADER || !(value.len() - HEADER).is_multiple_of(ENTRY) {
             return bad("POSIX ACL value of a wrong length");
         }
         if u32::from_le_bytes(value[..HEADER].try_into().unwrap()) != VERSION {

@@ -49,6 +49,15 @@ pub struct StoreConfig {
     /// (docs/generations.md, "Consistent point").
     #[serde(default = "default_true")]
     pub writeback_cache: bool,
+    /// A shell command run before every snapshot (`strata snapshot create` without
+    /// `--pre`, automatic ones): the snapshot is not taken if it fails. STRATA_STORE,
+    /// STRATA_SNAPSHOT and STRATA_BRANCH are in its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_snapshot: Option<String>,
+    /// A shell command run after every such snapshot, whether the pre command, or the
+    /// snapshot, failed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_snapshot: Option<String>,
 }
 
 fn default_intent_log_mib() -> u64 {
@@ -79,6 +88,8 @@ impl StoreConfig {
             defrag_rewritten: true,
             intent_log_mib: default_intent_log_mib(),
             writeback_cache: true,
+            pre_snapshot: None,
+            post_snapshot: None,
         })
     }
 

@@ -62,7 +62,7 @@ pub use retention::{Candidate, Decision, KeepPolicy};
 pub use snapshots::{
     check_name, utc_stamp, BranchInfo, RollbackInfo, SnapshotInfo, SnapshotUsage, AUTO_PREFIX,
 };
-pub use store::{InitOptions, Store};
+pub use store::{Activity, InitOptions, Store};
 pub use types::*;
 pub use verify::{Stats, VerifyReport};
 pub use volume::{Volume, VolumeKind};

@@ -523,6 +523,9 @@ fn touch_dirs(st: &mut State, a: InodeNo, b: InodeNo, now: Timestamp) -> Result<
     Ok(())
 }
 
+/// An extended attribute to store: its name and value.
+type NamedValue = (&'static [u8], Vec<u8>);
+
 /// The permissions and ACLs of a new inode in `parent` (posix_acl_create): without a
 /// default ACL, `perm` less the umask and no ACL; with one, `perm` and that ACL masked by
 /// each other, stored unless the bits say it all, and for a directory the default ACL
@@ -533,7 +536,7 @@ fn inherited_acls(
     kind: FileKind,
     perm: u16,
     umask: u32,
-) -> Result<(u16, Vec<(&'static [u8], Vec<u8>)>)> {
+) -> Result<(u16, Vec<NamedValue>)> {
     let key = keys::xattr(parent, acl::DEFAULT);
     let Some(value) = st.meta.get(&key)? else {
         return Ok((perm & !(umask & 0o777) as u16, Vec::new()));

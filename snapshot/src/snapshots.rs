@@ -217,9 +217,14 @@ impl Store {
     /// Takes an automatic snapshot of `branch`, named `auto-YYYYMMDDTHHMMSSZ` (names sort
     /// by time).
     pub fn snapshot_auto(&self, branch: &str) -> Result<SnapshotInfo> {
+        self.snapshot_create(branch, &self.auto_snapshot_name())
+    }
+
+    /// The name an automatic snapshot taken now gets: `auto-YYYYMMDDTHHMMSSZ`, made
+    /// unique among the snapshots there are.
+    pub fn auto_snapshot_name(&self) -> String {
         let base = format!("{AUTO_PREFIX}{}", utc_stamp(Timestamp::now().secs));
-        let name = unique_name(&self.lock(), &base);
-        self.snapshot_create(branch, &name)
+        unique_name(&self.lock(), &base)
     }
 
     pub fn branches(&self) -> Vec<BranchInfo> {

@@ -112,6 +112,15 @@ pub(crate) struct State {
     pub log_collected: u64,
 }
 
+/// See `Store::activity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub dirty_bytes: u64,
+    /// Seconds since the epoch of the last commit since the store was opened.
+    pub last_commit: Option<i64>,
+    pub relocation_queued_bytes: u64,
+}
+
 pub struct Store {
     pub(crate) path: PathBuf,
     pub(crate) config: StoreConfig,
@@ -148,6 +157,8 @@ pub struct Store {
     pub(crate) hot_secs: std::sync::atomic::AtomicI64,
     /// When a write last came (ms since the epoch): relocation waits for a pause.
     pub(crate) last_write_ms: std::sync::atomic::AtomicI64,
+    /// When the last commit of this process succeeded (seconds since the epoch; 0: none).
+    last_commit_secs: std::sync::atomic::AtomicI64,
     /// Who writes the intent log and how far it is durable (`intent_log::sync`; after
     /// `state` in the lock order).
     pub(crate) log: Mutex<crate::intent_log::sync::LogControl>,
@@ -333,6 +344,7 @@ impl Store {
             relocation: Mutex::default(),
             hot_secs: std::sync::atomic::AtomicI64::new(crate::defrag_on_read::HOT_SECS),
             last_write_ms: std::sync::atomic::AtomicI64::new(0),
+            last_commit_secs: std::sync::atomic::AtomicI64::new(0),
             log: Mutex::default(),
             log_cv: Condvar::new(),
             log_file: Mutex::new(None),
@@ -558,7 +570,23 @@ impl Store {
             st.poison(e.to_string());
             return Err(e);
         }
+        self.last_commit_secs
+            .store(Timestamp::now().secs, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What `strata status` shows of the store's own work: data buffered and not yet
+    /// sealed into packs, the last commit, blocks queued to be laid out again.
+    pub fn activity(&self) -> Activity {
+        let dirty_bytes = self.lock().dirty_bytes as u64;
+        let relocation_queued_bytes =
+            self.relocation.lock().unwrap().ids.len() as u64 * u64::from(self.config.block_size);
+        let last = self.last_commit_secs.load(Ordering::Relaxed);
+        Activity {
+            dirty_bytes,
+            last_commit: (last > 0).then_some(last),
+            relocation_queued_bytes,
+        }
     }
 
     /// Stops the background committer and commits everything.

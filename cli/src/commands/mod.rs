@@ -12,6 +12,7 @@ pub mod mount;
 pub mod rollback;
 pub mod snapshot;
 pub mod stats;
+pub mod status;
 pub mod umount;
 pub mod verify;
 

@@ -1,13 +1,16 @@
-//! `strata snapshot create|list|delete|rename`: named, read-only generations of a branch.
-//! Each runs through the store's daemon when it is mounted, or opens the store itself.
+//! `strata snapshot create|list|delete|rename|hold|release|prune|wrap`: named, read-only
+//! generations of a branch. Each runs through the store's daemon when it is mounted, or
+//! opens the store itself; `create` and `wrap` run the snapshot hooks (module `hooks`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use crate::control::proto::{Deleted, Held, Pruned, Renamed, Request, Snapshot};
+use crate::hooks::{HookEnv, Hooks, Output};
+use crate::session::StoreRef;
 use crate::{output, session};
 
 use super::check_new_name;
@@ -34,6 +37,8 @@ pub enum Command {
     Release(NameArgs),
     /// Remove the automatic snapshots that no keep rule keeps (as restic/borg --keep-*).
     Prune(PruneArgs),
+    /// Take NAME-pre, run a command, take NAME-post (as snapper's pre/post pairs).
+    Wrap(WrapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +86,29 @@ pub struct CreateArgs {
     /// Print the new snapshot as JSON, with `took_us`: the time the store took.
     #[arg(long)]
     pub json: bool,
+    /// A shell command to run first (e.g. flushing a database); the snapshot is not
+    /// taken if it fails [default: pre_snapshot in STORE/strata.toml].
+    #[arg(long, value_name = "CMD")]
+    pub pre: Option<String>,
+    /// A shell command to run after, always [default: post_snapshot in strata.toml].
+    #[arg(long, value_name = "CMD")]
+    pub post: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WrapArgs {
+    /// The store directory, or a mount point of it (whose branch is the default).
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// Snapshots NAME-pre and NAME-post are taken before and after COMMAND.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The branch to snapshot [default: the branch mounted at STORE, else main].
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+    /// The command to run between the two snapshots; its exit status is wrap's.
+    #[arg(value_name = "COMMAND", last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,14 +155,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Command::Create(a) => {
             check_new_name("snapshot", &a.name)?;
             let target = session::resolve_store(&a.store)?;
-            let created: Snapshot = session::run(
-                &target.store,
-                &Request::SnapshotCreate {
-                    name: a.name.clone(),
-                    branch: a.branch.clone(),
-                    via: target.via_string(),
-                },
-            )?;
+            let hooks = Hooks::chosen(a.pre.as_deref(), a.post.as_deref(), &target.store);
+            let created = create_with_hooks(&target, &a.name, &a.branch, &hooks)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {
@@ -201,6 +223,63 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             )?;
             print!("{}", output::snapshot_renamed(&renamed));
         }
+        Command::Wrap(a) => return wrap(a),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes snapshot `name` of `branch` (default: the one mounted at the store named, else
+/// main) between the hooks.
+fn create_with_hooks(
+    target: &StoreRef,
+    name: &str,
+    branch: &Option<String>,
+    hooks: &Hooks,
+) -> Result<Snapshot> {
+    let branch_name = match branch {
+        Some(b) => b.clone(),
+        None => session::branch_at(target)?,
+    };
+    let env = HookEnv {
+        store: &target.store,
+        snapshot: name,
+        branch: &branch_name,
+    };
+    hooks.around(&env, Output::Inherit, || {
+        session::run(
+            &target.store,
+            &Request::SnapshotCreate {
+                name: name.to_string(),
+                branch: branch.clone(),
+                via: target.via_string(),
+            },
+        )
+    })
+}
+
+/// `snapshot wrap`: NAME-pre, the command, NAME-post (taken even if the command failed);
+/// exits as the command did.
+fn wrap(a: &WrapArgs) -> Result<ExitCode> {
+    let (pre, post) = (format!("{}-pre", a.name), format!("{}-post", a.name));
+    check_new_name("snapshot", &pre)?;
+    check_new_name("snapshot", &post)?;
+    let target = session::resolve_store(&a.store)?;
+    let hooks = Hooks::chosen(None, None, &target.store);
+    let before = create_with_hooks(&target, &pre, &a.branch, &hooks)?;
+    print!("{}", output::snapshot_created(&before));
+    let status = std::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .status()
+        .with_context(|| format!("cannot run {}", a.command[0]));
+    let after = create_with_hooks(&target, &post, &a.branch, &hooks)?;
+    print!("{}", output::snapshot_created(&after));
+    let status = status?;
+    if !status.success() {
+        eprintln!("strata: {} exited with {status}", a.command[0]);
+    }
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

@@ -435,9 +435,12 @@ pub struct MountInfo {
     /// The snapshot served (read-only), or none for a branch mount.
     pub snapshot: Option<String>,
     pub read_only: bool,
+    /// Files open in the mount.
+    #[serde(default)]
+    pub open_files: u64,
 }
 
-/// Result of `ping`.
+/// Result of `ping` (and the document of `strata status --json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
@@ -446,6 +449,56 @@ pub struct Status {
     /// Why the store refuses writes (it could not make data durable), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusing_writes: Option<String>,
+    /// When the daemon started (seconds since the epoch).
+    #[serde(default)]
+    pub since: i64,
+    /// File data written and not yet sealed into packs (it is in the intent log once
+    /// fsynced).
+    #[serde(default)]
+    pub dirty_bytes: u64,
+    /// When the daemon last committed (seconds since the epoch), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit: Option<i64>,
+    /// Background work under way.
+    #[serde(default)]
+    pub background: Vec<Job>,
+    /// Bytes of blocks queued to be laid out again (defragmentation on read or of
+    /// rewritten files).
+    #[serde(default)]
+    pub relocation_queued_bytes: u64,
+    /// Automatic snapshot schedules of the mounted branches.
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+    /// Mounts that ended with an error since the daemon started.
+    #[serde(default)]
+    pub mount_errors: Vec<String>,
+}
+
+/// A piece of background work of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// `flatten`, `gc`, `relocate` or `queue-rewritten`.
+    pub what: String,
+    /// Why it runs.
+    pub why: String,
+    /// When it started (seconds since the epoch).
+    pub since: i64,
+    /// How far it got, when it counts (flatten: inode record groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// The automatic snapshots of one mounted branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub branch: String,
+    pub every_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<String>,
+    /// When the next one is due (seconds since the epoch).
+    pub next: i64,
 }
 
 #[cfg(test)]

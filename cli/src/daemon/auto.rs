@@ -7,7 +7,8 @@
 //! `auto-YYYYMMDDTHHMMSSZ` so they sort by time; after each, the keep rules (if any)
 //! prune the automatic snapshots the same way `strata snapshot prune` does (held and
 //! manual snapshots are never removed), and the maintenance thread flattens the pruned
-//! generations and runs gc. The thread ends with the mount.
+//! generations and runs gc. The store's pre_snapshot/post_snapshot hooks run around each
+//! (their output goes to the daemon log). The thread ends with the mount.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +18,8 @@ use strata_snapshot::VolumeKind;
 use tracing::{error, info};
 
 use super::mounts::Daemon;
+use crate::control::proto::Schedule;
+use crate::hooks::{HookEnv, Hooks, Output};
 use crate::ops::Host;
 
 pub use strata_cli::schedule::AutoSnapshots;
@@ -48,10 +51,28 @@ fn run(daemon: &Daemon, branch: &str, auto: &AutoSnapshots) {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let mut wait = until_next(now, auto.every);
+        daemon
+            .schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                branch.to_string(),
+                Schedule {
+                    branch: branch.to_string(),
+                    every_secs: auto.every.as_secs(),
+                    keep: auto.keep.as_ref().map(|k| k.to_string()),
+                    next: (now + wait).as_secs() as i64,
+                },
+            );
         // Wake at least every second to notice the end of the mount.
         while !wait.is_zero() {
             if daemon.mounted_at(&kind).is_empty() {
                 info!("branch {branch} is no longer mounted: automatic snapshots stop");
+                daemon
+                    .schedules
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(branch);
                 return;
             }
             let step = wait.min(Duration::from_secs(1));
@@ -59,12 +80,30 @@ fn run(daemon: &Daemon, branch: &str, auto: &AutoSnapshots) {
             wait -= step;
         }
         let Some(_busy) = daemon.begin() else { return };
-        let cut = daemon.write_back(branch);
-        let made = daemon.store.snapshot_auto(branch);
-        drop(cut);
+        // The store's pre_snapshot/post_snapshot hooks around it (module `hooks`).
+        let name = daemon.store.auto_snapshot_name();
+        let config = daemon.store.config();
+        let hooks = Hooks {
+            pre: config.pre_snapshot.clone(),
+            post: config.post_snapshot.clone(),
+        };
+        let env = HookEnv {
+            store: &daemon.store_path,
+            snapshot: &name,
+            branch,
+        };
+        let made = hooks.around(&env, Output::Log, || {
+            let cut = daemon.write_back(branch);
+            let made = daemon.store.snapshot_create(branch, &name);
+            drop(cut);
+            Ok(made?)
+        });
         match made {
             Ok(info) => info!("automatic snapshot {} of branch {branch}", info.name),
-            Err(e) => error!("automatic snapshot of branch {branch} failed: {e}"),
+            Err(e) => error!(
+                "automatic snapshot of branch {branch} failed: {}",
+                crate::error::message(&e)
+            ),
         }
         if let Some(keep) = &auto.keep {
             match daemon.store.snapshot_prune(keep, false, false) {

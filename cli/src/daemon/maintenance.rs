@@ -17,6 +17,7 @@ use anyhow::Result;
 use tracing::{error, info, warn};
 
 use super::mounts::Daemon;
+use crate::control::proto::Job;
 use crate::ops::{flatten_batch, FLATTEN_PAUSE};
 
 /// How often an idle thread looks whether the daemon is closing, or reads queued blocks
@@ -40,6 +41,8 @@ struct Wants {
 pub struct Maintenance {
     wants: Mutex<Wants>,
     wake: Condvar,
+    /// What the thread is doing, for `strata status`.
+    current: Mutex<Option<Job>>,
 }
 
 impl Default for Maintenance {
@@ -51,11 +54,50 @@ impl Default for Maintenance {
                 gc: false,
             }),
             wake: Condvar::new(),
+            current: Mutex::new(None),
         }
     }
 }
 
+/// Clears the job `Maintenance::doing` set when dropped.
+struct Doing<'a>(&'a Maintenance);
+
+impl Drop for Doing<'_> {
+    fn drop(&mut self) {
+        *self.0.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 impl Maintenance {
+    /// The background work under way (none, or the one job of the thread).
+    pub fn jobs(&self) -> Vec<Job> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.iter().cloned().collect()
+    }
+
+    fn doing(&self, what: &str, why: &str) -> Doing<'_> {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Job {
+            what: what.into(),
+            why: why.into(),
+            since: strata_snapshot::Timestamp::now().secs,
+            done: None,
+            total: None,
+        });
+        Doing(self)
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        if let Some(job) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            job.done = Some(done);
+            job.total = Some(total);
+        }
+    }
+
     /// Asks for a flatten (and, if `gc`, a gc after it).
     pub fn request(&self, gc: bool) {
         let mut w = self.wants.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,6 +167,7 @@ fn run(daemon: &Daemon) {
 }
 
 fn gc(daemon: &Daemon, why: &str) {
+    let _doing = daemon.maintenance.doing("gc", why);
     match daemon.store.gc() {
         Ok(r) => info!(
             "gc {why}: {} bytes freed, {} packs rewritten, {} deleted, in {} ms",
@@ -148,6 +191,9 @@ pub(super) fn queue_rewritten(daemon: &Daemon, all: bool) {
 /// more within `quiet` (they go first: the thread comes back once they pause); the
 /// bytes moved.
 pub(super) fn relocate(daemon: &Daemon, quiet: Duration) -> u64 {
+    let _doing = daemon
+        .maintenance
+        .doing("relocate", "laying out blocks found scattered");
     let (mut blocks, mut bytes, started) = (0, 0, Instant::now());
     while daemon.store.relocation_ready(quiet) {
         match daemon.store.relocate_queued() {
@@ -187,10 +233,14 @@ fn flatten(daemon: &Daemon, measure: bool) {
             return;
         }
     }
+    let _doing = daemon
+        .maintenance
+        .doing("flatten", "folding deleted generations away");
     let mut last = Instant::now();
     let result = daemon
         .store
         .flatten(flatten_batch(), FLATTEN_PAUSE, &mut |p| {
+            daemon.maintenance.progress(p.done, p.total);
             if last.elapsed() >= PROGRESS_EVERY {
                 last = Instant::now();
                 info!(

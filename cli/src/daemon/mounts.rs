@@ -23,7 +23,7 @@ use strata_snapshot::{Store, VolumeKind, MAIN_BRANCH};
 use tracing::{error, info, warn};
 
 use crate::commands::umount;
-use crate::control::proto::{MountInfo, Status};
+use crate::control::proto::{MountInfo, Schedule, Status};
 use crate::ops::Host;
 use crate::{mountinfo, paths};
 
@@ -75,6 +75,10 @@ pub struct Daemon {
     table: Mutex<Table>,
     changed: Condvar,
     pub maintenance: super::maintenance::Maintenance,
+    /// When the daemon started (seconds since the epoch).
+    since: i64,
+    /// Automatic snapshot schedules by branch (`daemon::auto` keeps them current).
+    pub schedules: Mutex<BTreeMap<String, Schedule>>,
 }
 
 /// A control request in progress; keeps the daemon from closing until dropped.
@@ -105,6 +109,8 @@ impl Daemon {
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
             maintenance: Default::default(),
+            since: strata_snapshot::Timestamp::now().secs,
+            schedules: Mutex::default(),
         })
     }
 
@@ -253,16 +259,17 @@ impl Daemon {
             }
             bail!("cannot start the thread of the mount at {key}: {err}");
         }
-        Ok(self.mount_info(&key, &kind))
+        Ok(self.mount_info(&key, &kind, 0))
     }
 
-    fn mount_info(&self, mount_point: &str, kind: &VolumeKind) -> MountInfo {
+    fn mount_info(&self, mount_point: &str, kind: &VolumeKind, open_files: u64) -> MountInfo {
         match kind {
             VolumeKind::Branch(b) => MountInfo {
                 mount_point: mount_point.to_string(),
                 branch: Some(b.clone()),
                 snapshot: None,
                 read_only: false,
+                open_files,
             },
             VolumeKind::Snapshot(g) => MountInfo {
                 mount_point: mount_point.to_string(),
@@ -276,26 +283,44 @@ impl Daemon {
                         .unwrap_or_else(|| format!("(generation {})", g.0)),
                 ),
                 read_only: true,
+                open_files,
             },
         }
     }
 
     /// The daemon's pid, store and mounts.
     pub fn status(&self) -> Status {
-        let mounts: Vec<(String, VolumeKind)> = self
-            .lock()
-            .mounts
-            .iter()
-            .map(|(mp, slot)| (mp.clone(), slot.kind.clone()))
-            .collect();
+        let (mounts, mount_errors): (Vec<(String, VolumeKind, Invalidator)>, Vec<String>) = {
+            let table = self.lock();
+            let mounts = table
+                .mounts
+                .iter()
+                .map(|(mp, slot)| (mp.clone(), slot.kind.clone(), slot.invalidator.clone()))
+                .collect();
+            (mounts, table.errors.clone())
+        };
+        let activity = self.store.activity();
         Status {
             pid: std::process::id(),
             store: self.store_path.display().to_string(),
             mounts: mounts
                 .iter()
-                .map(|(mp, kind)| self.mount_info(mp, kind))
+                .map(|(mp, kind, inv)| self.mount_info(mp, kind, inv.open_files()))
                 .collect(),
             refusing_writes: self.store.refusing_writes(),
+            since: self.since,
+            dirty_bytes: activity.dirty_bytes,
+            last_commit: activity.last_commit,
+            background: self.maintenance.jobs(),
+            relocation_queued_bytes: activity.relocation_queued_bytes,
+            schedules: self
+                .schedules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+            mount_errors,
         }
     }
 
