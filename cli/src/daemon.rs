@@ -302,9 +302,11 @@ pub fn run_foreground(
     );
     spawn_signal_thread(signals, Arc::clone(&daemon));
     readiness.ready();
+    crate::sd_notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
 
     // Every mount's `wait` has returned (so each has committed) and nothing is running.
     let errors = daemon.wait_idle();
+    crate::sd_notify::notify("STOPPING=1");
     server.remove();
     let store_path = daemon.store_path.clone();
     let closed = daemon.store.close();
@@ -402,6 +404,7 @@ fn spawn_signal_thread(signals: libc::sigset_t, daemon: Arc<Daemon>) {
                 if !unmount_requested {
                     unmount_requested = true;
                     info!("received {name}: unmounting every mount");
+                    crate::sd_notify::notify("STOPPING=1");
                     daemon.unmount_all(false);
                 } else {
                     warn!("received {name} again: detaching every mount lazily");

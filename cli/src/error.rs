@@ -1,7 +1,7 @@
 //! How an error reaches the user: one line, `strata: error: <message>`, and the exit code.
 //!
 //! `UsageError` marks a bad value on the command line (exit 2, like clap's own errors);
-//! everything else exits 1.
+//! `Busy` a store another process holds (exit 3); everything else exits 1.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -18,8 +18,23 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// The store is held by another process (a daemon, a command that opened it): exit 3,
+/// so that scripts can retry, as restic's exit code for a locked repository.
+#[derive(Debug)]
+pub struct Busy(pub String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
 /// Exit code for errors in the values given on the command line.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the store is busy (locked by another process).
+pub const EXIT_BUSY: u8 = 3;
 /// Exit code for every other failure (and for `verify` finding problems).
 pub const EXIT_FAILURE: u8 = 1;
 
@@ -28,6 +43,8 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("strata: error: {}", message(err));
     if err.chain().any(|cause| cause.is::<UsageError>()) {
         ExitCode::from(EXIT_USAGE)
+    } else if err.chain().any(|cause| cause.is::<Busy>()) {
+        ExitCode::from(EXIT_BUSY)
     } else {
         ExitCode::from(EXIT_FAILURE)
     }

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// Path of the lock file of the store at `store`.
 pub fn lock_path(store: &Path) -> PathBuf {
@@ -70,14 +70,15 @@ pub fn wait_released(store: &Path, pid: Option<u32>, timeout: Duration) -> Resul
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            bail!(
+            return Err(crate::error::Busy(format!(
                 "{} still holds the store {} after {} s; it may still be flushing \
                  (see {}/daemon.log)",
                 holder(pid),
                 store.display(),
                 timeout.as_secs(),
                 store.display()
-            );
+            ))
+            .into());
         }
         if !noted && waited >= Duration::from_secs(3) {
             eprintln!(

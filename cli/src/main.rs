@@ -12,11 +12,13 @@ mod hooks;
 mod last_verify;
 mod lock;
 mod logging;
+mod mount_helper;
 mod mountinfo;
 mod ops;
 mod output;
 mod paths;
 mod progress;
+mod sd_notify;
 mod session;
 mod size;
 mod store;
@@ -26,8 +28,17 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 
 /// strata: a copy-on-write, snapshotting filesystem in user space (FUSE).
+/// `0.1.0 (store format 1)`: the build, and the store format it reads.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (store format {})",
+        env!("CARGO_PKG_VERSION"),
+        strata_snapshot::FORMAT_VERSION
+    )
+});
+
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, propagate_version = true)]
+#[command(name = "strata", version = VERSION.as_str(), propagate_version = true)]
 struct Cli {
     /// More log output: -v info, -vv debug, -vvv trace (overrides RUST_LOG).
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -45,7 +56,7 @@ enum Command {
     Mount(commands::mount::Args),
     /// Unmount a strata mount and wait until it is committed (the store released, if last).
     Umount(commands::umount::Args),
-    /// Check every block and inode of an unmounted store.
+    /// Check every block and inode of a store, mounted (the daemon does it, throttled) or not.
     Verify(commands::verify::Args),
     /// Show space use: logical and stored bytes, dedup and compression ratios.
     Stats(commands::stats::Args),
@@ -69,9 +80,17 @@ enum Command {
     Diff(commands::diff::Args),
     /// Every generation in which a path inside a mount changed.
     History(commands::history::Args),
+    /// Print the manual page strata(8), or write every page into a directory.
+    Man(commands::docs::ManArgs),
+    /// Print the completion script for a shell (bash, zsh, fish).
+    Completions(commands::docs::CompletionsArgs),
 }
 
 fn main() -> ExitCode {
+    // Run as /sbin/mount.strata or /sbin/umount.fuse.strata (module `mount_helper`).
+    if let Some(code) = mount_helper::dispatch() {
+        return code;
+    }
     let cli = Cli::parse();
     let role = match &cli.command {
         Command::Mount(args) if args.foreground => logging::Role::Daemon,
@@ -95,6 +114,10 @@ fn main() -> ExitCode {
         Command::Branch(args) => commands::branch::run(&args),
         Command::Diff(args) => commands::diff::run(&args),
         Command::History(args) => commands::history::run(&args),
+        Command::Man(args) => commands::docs::man(<Cli as clap::CommandFactory>::command(), &args),
+        Command::Completions(args) => {
+            commands::docs::completions(<Cli as clap::CommandFactory>::command(), &args)
+        }
     };
     match result {
         Ok(code) => code,

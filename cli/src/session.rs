@@ -157,6 +157,11 @@ fn is_exiting(pid: u32) -> bool {
 }
 
 /// The error for a store whose lock is held but whose daemon does not answer.
+/// A store another process holds: exit status 3 (`error::Busy`).
+fn busy(message: String) -> anyhow::Error {
+    anyhow::Error::new(crate::error::Busy(message))
+}
+
 fn not_answering(store: &Path, pid: Option<u32>) -> anyhow::Error {
     let holder = lock::holder(pid);
     let mounts = mountinfo::read().unwrap_or_default();
@@ -170,20 +175,20 @@ fn not_answering(store: &Path, pid: Option<u32>) -> anyhow::Error {
         } else {
             format!(", mounted at {},", mounted.join(" and "))
         };
-        return anyhow!(
+        return busy(format!(
             "{} holds {}{at} but does not answer on {} (see {}/daemon.log)",
             holder,
             store.display(),
             socket_path(store).display(),
             store.display()
-        );
+        ));
     }
     match pid {
-        Some(pid) => anyhow!(
+        Some(pid) => busy(format!(
             "{} is in use by another process (pid {pid})",
             store.display()
-        ),
-        None => anyhow!("{} is in use by another process", store.display()),
+        )),
+        None => busy(format!("{} is in use by another process", store.display())),
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use strata_snapshot::{Error as StoreError, InitOptions, Store};
 
+use crate::error::Busy;
 use crate::mountinfo;
 use crate::size::DEFAULT_BLOCK_SIZE;
 
@@ -104,20 +105,22 @@ pub fn describe_open_error(err: StoreError, store: &Path) -> anyhow::Error {
     match err {
         StoreError::Locked { path, pid } => {
             let mounts = mountinfo::read().unwrap_or_default();
-            if let Some(mount) = mountinfo::strata_mounts_of(&mounts, store).next() {
+            let message = if let Some(mount) = mountinfo::strata_mounts_of(&mounts, store).next() {
                 let mp = mount.mount_point.display();
-                return anyhow!(
+                format!(
                     "{} is mounted at {mp}; unmount it first (`strata umount {mp}`)",
                     path.display()
-                );
-            }
-            match pid {
-                Some(pid) => anyhow!(
-                    "{} is in use by another process (pid {pid})",
-                    path.display()
-                ),
-                None => anyhow!("{} is in use by another process", path.display()),
-            }
+                )
+            } else {
+                match pid {
+                    Some(pid) => format!(
+                        "{} is in use by another process (pid {pid})",
+                        path.display()
+                    ),
+                    None => format!("{} is in use by another process", path.display()),
+                }
+            };
+            anyhow::Error::new(Busy(message))
         }
         other => anyhow!(other),
     }

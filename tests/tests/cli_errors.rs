@@ -234,8 +234,12 @@ fn umount_refuses_what_is_not_a_strata_mount() {
 fn store_in_use_by_another_process_is_refused() {
     let ts = TestStore::new();
     let _lock = sys::hold_flock(&ts.store.join("lock")).expect("take the store lock");
-    strata(["stats", s(&ts.store)]).assert_error(&[s(&ts.store), "in use"]);
-    strata(["verify", s(&ts.store)]).assert_error(&[s(&ts.store), "in use"]);
+    // Exit 3: busy, distinct from other errors (as restic's locked repository).
+    for command in ["stats", "verify"] {
+        let run = strata([command, s(&ts.store)]);
+        run.assert_error(&[s(&ts.store), "in use"]);
+        assert_eq!(run.code(), Some(3), "strata {command} on a locked store");
+    }
     // The daemon finds the lock taken and tells `strata mount`, which prints it.
     strata(["mount", s(&ts.store), s(&ts.mnt)]).assert_error(&[s(&ts.store), "in use"]);
     assert!(!mounts::is_mounted(&ts.mnt), "a locked store got mounted");

@@ -4,6 +4,7 @@ pub mod branch;
 pub mod clone;
 pub mod defrag;
 pub mod diff;
+pub mod docs;
 pub mod flatten;
 pub mod gc;
 pub mod history;
