@@ -262,6 +262,17 @@ impl Drop for TestStore {
                 self.store.display(),
                 self.daemon_log_tail(40)
             );
+            // The daemon logs a power-cut test kept across its reboots (power::logs_path).
+            let cuts = self.root.join("cuts.log");
+            if let Ok(text) = std::fs::read_to_string(&cuts) {
+                let lines: Vec<&str> = text.lines().collect();
+                let from = lines.len().saturating_sub(80);
+                eprintln!(
+                    "--- {} (last 80 lines) ---\n{}\n---",
+                    cuts.display(),
+                    lines[from..].join("\n")
+                );
+            }
         }
         // Never remove the temp dir through a mount: clear every mount below it first
         // (the tmpfs itself is the Tmpfs guard's job).

@@ -31,6 +31,8 @@ pub struct ListArgs {
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,7 +50,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Command::List(a) => {
             let target = session::resolve_store(&a.store)?;
             let rows: Vec<Branch> = session::run(&target.store, &Request::BranchList)?;
-            if a.json {
+            if a.scripted.active() {
+                let json = output::branch_json(&rows);
+                crate::scripted::print(&crate::fields::BRANCH_LIST, &json, &a.scripted, false)?;
+            } else if a.json {
                 print!("{}", output::branch_json(&rows));
             } else {
                 print!("{}", output::branch_table(&rows));

@@ -29,6 +29,8 @@ pub struct Args {
     /// Print the report as one JSON object (sizes in bytes).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 
     /// Exact byte counts instead of human-readable sizes.
     #[arg(long)]
@@ -46,7 +48,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let report: DefragReport =
         session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
-    if args.json {
+    if args.scripted.active() {
+        let json = output::json_with_store(&report, &target.store, &[])?;
+        crate::scripted::print(&crate::fields::DEFRAG, &json, &args.scripted, args.bytes)?;
+    } else if args.json {
         println!("{}", output::json_with_store(&report, &target.store, &[])?);
     } else {
         print!("{}", output::defrag_report(&report, args.bytes));

@@ -29,6 +29,8 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -42,7 +44,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             via: target.via_string(),
         },
     )?;
-    if args.json {
+    if args.scripted.active() {
+        let json = output::diff_json(&diff);
+        crate::scripted::print(&crate::fields::DIFF, &json, &args.scripted, false)?;
+    } else if args.json {
         print!("{}", output::diff_json(&diff));
     } else {
         print!("{}", output::diff_lines(&diff));

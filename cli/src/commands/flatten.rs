@@ -26,6 +26,8 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -39,7 +41,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let report: FlattenReport =
         session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
-    if args.json {
+    if args.scripted.active() {
+        let json = output::json_with_store(&report, &target.store, &[])?;
+        crate::scripted::print(&crate::fields::FLATTEN, &json, &args.scripted, false)?;
+    } else if args.json {
         println!("{}", output::json_with_store(&report, &target.store, &[])?);
     } else {
         print!("{}", output::flatten_report(&report));

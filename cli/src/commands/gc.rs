@@ -26,6 +26,8 @@ pub struct Args {
     /// Print the report as one JSON object (sizes in bytes).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 
     /// Exact byte counts instead of human-readable sizes.
     #[arg(long)]
@@ -48,7 +50,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         report.meta_bytes = strata_snapshot::disk_bytes(&path.join("meta"));
         report.meta_compaction_pending = false;
     }
-    if args.json {
+    if args.scripted.active() {
+        let json = output::json_with_store(&report, &target.store, &[])?;
+        crate::scripted::print(&crate::fields::GC, &json, &args.scripted, args.bytes)?;
+    } else if args.json {
         println!("{}", output::json_with_store(&report, &target.store, &[])?);
     } else {
         print!("{}", output::gc_report(&report, args.bytes));

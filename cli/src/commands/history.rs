@@ -24,6 +24,8 @@ pub struct Args {
     /// Exact byte counts instead of human-readable sizes.
     #[arg(long)]
     pub bytes: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -35,7 +37,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             path: found.relative.clone(),
         },
     )?;
-    if args.json {
+    if args.scripted.active() {
+        let json = output::history_json(&history);
+        crate::scripted::print(&crate::fields::HISTORY, &json, &args.scripted, args.bytes)?;
+    } else if args.json {
         print!("{}", output::history_json(&history));
     } else {
         print!("{}", output::history_table(&history, args.bytes));

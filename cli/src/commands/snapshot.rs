@@ -70,6 +70,8 @@ pub struct PruneArgs {
     /// Print the decisions as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +124,8 @@ pub struct ListArgs {
     /// Exact byte counts instead of human-readable sizes.
     #[arg(long)]
     pub bytes: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,7 +170,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Command::List(a) => {
             let target = session::resolve_store(&a.store)?;
             let rows: Vec<Snapshot> = session::run(&target.store, &Request::SnapshotList)?;
-            if a.json {
+            if a.scripted.active() {
+                let json = output::snapshot_json(&rows);
+                crate::scripted::print(&crate::fields::SNAPSHOT_LIST, &json, &a.scripted, a.bytes)?;
+            } else if a.json {
                 print!("{}", output::snapshot_json(&rows));
             } else {
                 print!("{}", output::snapshot_table(&rows, a.bytes));
@@ -205,7 +212,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     dry_run: a.dry_run,
                 },
             )?;
-            if a.json {
+            if a.scripted.active() {
+                let json = serde_json::to_string_pretty(&pruned)?;
+                crate::scripted::print(&crate::fields::SNAPSHOT_PRUNE, &json, &a.scripted, false)?;
+            } else if a.json {
                 println!("{}", serde_json::to_string_pretty(&pruned)?);
             } else {
                 print!("{}", output::snapshot_pruned(&pruned));

@@ -24,13 +24,18 @@ pub struct Args {
     /// Exact byte counts instead of human-readable sizes.
     #[arg(long)]
     pub bytes: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
     let path = target.store.clone();
     let stats: Stats = session::run(&target.store, &Request::Stats)?;
-    if args.json {
+    if args.scripted.active() {
+        let json = crate::output::json_with_store(&stats, &path, &[])?;
+        crate::scripted::print(&crate::fields::STATS, &json, &args.scripted, args.bytes)?;
+    } else if args.json {
         println!("{}", crate::output::json_with_store(&stats, &path, &[])?);
     } else {
         print!(

@@ -26,6 +26,8 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scripted: crate::scripted::Args,
 
     /// Read at most this many MiB/s of pack data (0: no limit). Default: 100 while the
     /// store is mounted (the daemon scrubs beside the mounts), no limit otherwise.
@@ -49,7 +51,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     progress.clear();
     let path = target.store;
 
-    if args.json {
+    if args.scripted.active() {
+        let clean = report.problems.is_empty().into();
+        let json = crate::output::json_with_store(&report, &path, &[("clean", clean)])?;
+        crate::scripted::print(&crate::fields::VERIFY, &json, &args.scripted, false)?;
+    } else if args.json {
         let clean = report.problems.is_empty().into();
         println!(
             "{}",
@@ -67,7 +73,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         report.inodes_checked
     );
     if report.problems.is_empty() {
-        if !args.json {
+        if !args.json && !args.scripted.active() {
             println!("{}: clean, {checked}", path.display());
         }
         Ok(ExitCode::SUCCESS)
