@@ -38,6 +38,7 @@
 //! (the API), `verify`, `gc` (space reclamation), `relocate` (defragmentation), `sync`
 //! (locks).
 
+mod cache;
 mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -59,6 +60,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use cache::CacheStats;
 pub use gc::{GcHost, GcSession};
 pub use layout::MAX_BLOCK_LEN;
 pub use relocate::RelocateStats;
@@ -196,14 +198,17 @@ pub struct Config {
     pub compression_level: i32,
     /// A pack is sealed and a new one started past this size.
     pub max_pack_size: u64,
+    /// Bytes of decompressed blocks kept in memory for reads (`cache.rs`; 0: none).
+    pub cache_bytes: u64,
 }
 
 impl Default for Config {
-    /// zstd level 3 (zstd's own default), 64 MiB packs.
+    /// zstd level 3 (zstd's own default), 64 MiB packs, a 32 MiB block cache.
     fn default() -> Self {
         Config {
             compression_level: 3,
             max_pack_size: 64 << 20,
+            cache_bytes: 32 << 20,
         }
     }
 }

@@ -44,6 +44,15 @@ pub struct StoreConfig {
     /// background commit empties it, and an fsync that finds it full commits instead.
     #[serde(default = "default_intent_log_mib")]
     pub intent_log_mib: u64,
+    /// MiB of decompressed blocks the daemon keeps in memory for reads (0: none): a
+    /// partial overwrite of a block just committed, random reads within one block, and
+    /// blocks shared between files, snapshots and clones skip the read and decompression.
+    #[serde(default = "default_block_cache_mib")]
+    pub block_cache_mib: u64,
+    /// FUSE worker threads of a mount when `strata mount --threads` is not given
+    /// [default: the number of CPUs, at most 8].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// Let the kernel cache writes of mounted branches (FUSE_WRITEBACK_CACHE): write()
     /// returns from the page cache; a snapshot writes it back first and stays exact
     /// (docs/generations.md, "Consistent point").
@@ -62,6 +71,10 @@ pub struct StoreConfig {
 
 fn default_intent_log_mib() -> u64 {
     64
+}
+
+fn default_block_cache_mib() -> u64 {
+    32
 }
 
 fn default_true() -> bool {
@@ -87,6 +100,8 @@ impl StoreConfig {
             defrag_on_read: true,
             defrag_rewritten: true,
             intent_log_mib: default_intent_log_mib(),
+            block_cache_mib: default_block_cache_mib(),
+            threads: None,
             writeback_cache: true,
             pre_snapshot: None,
             post_snapshot: None,

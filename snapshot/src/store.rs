@@ -304,6 +304,7 @@ impl Store {
             blockstore::Config {
                 compression_level: config.compression_level,
                 max_pack_size: MAX_PACK_SIZE,
+                cache_bytes: config.block_cache_mib.saturating_mul(1 << 20),
             },
         )?;
         let store = Arc::new(Store {

@@ -130,6 +130,7 @@ fn dead_packs_are_deleted_and_live_ones_left_alone() {
     let store = fx.open_with(Config {
         compression_level: 3,
         max_pack_size: 64 << 10,
+        ..Config::default()
     });
     let ids = put_blocks(&store, 0..40);
     let packs: Vec<PackId> = {
@@ -294,6 +295,7 @@ fn a_full_disk_still_frees_dead_packs_and_loses_nothing() {
     let store = fx.open_with(Config {
         compression_level: 3,
         max_pack_size: 64 << 10,
+        ..Config::default()
     });
     let ids = put_blocks(&store, 0..40);
     let first = location(&store, &ids[0]).pack;
@@ -338,6 +340,7 @@ fn reads_beside_a_gc_follow_moved_blocks() {
     let store = std::sync::Arc::new(fx.open_with(Config {
         compression_level: 3,
         max_pack_size: 64 << 10,
+        ..Config::default()
     }));
     let ids = put_blocks(&store, 0..30);
     let live: HashSet<BlockId> = ids.iter().copied().collect();
@@ -472,6 +475,7 @@ fn puts_and_reads_beside_a_sweep_never_lose_a_block() {
     let store = fx.open_with(Config {
         compression_level: 3,
         max_pack_size: 64 << 10,
+        ..Config::default()
     });
     let policy = GcPolicy {
         batch_entries: 3,

@@ -2,6 +2,7 @@
 //! directory with `packs/` and a sled database `meta/`, which can be restarted (flush,
 //! close, reopen) to test what survives on disk.
 
+mod cache;
 mod corruption;
 mod crash;
 mod gc;
@@ -36,7 +37,17 @@ impl Fixture {
         self.db.as_ref().unwrap().open_tree("blocks").unwrap()
     }
 
+    /// A store without a block cache: these tests damage packs under an open store
+    /// and check what a read of the disk finds (`cached` has the cache).
     pub fn open(&self) -> BlockStore {
+        self.open_with(Config {
+            cache_bytes: 0,
+            ..Config::default()
+        })
+    }
+
+    /// A store with the default block cache.
+    pub fn cached(&self) -> BlockStore {
         self.open_with(Config::default())
     }
 

@@ -58,6 +58,7 @@ fn no_room_for_a_footer_keeps_the_pack_open() {
     let cfg = Config {
         compression_level: 0,
         max_pack_size: 3000,
+        ..Config::default()
     };
     let store = fx.open_with(cfg.clone());
     let a = noise(1, 2000);

@@ -143,6 +143,7 @@ fn full_packs_are_sealed_and_a_new_one_started() {
     let cfg = Config {
         compression_level: 1,
         max_pack_size: max,
+        ..Config::default()
     };
     let store = fx.open_with(cfg.clone());
     let blocks: Vec<Vec<u8>> = (0..30).map(|i| noise(i, 16_384)).collect();
@@ -222,6 +223,7 @@ fn many_threads_put_get_and_sync_at_once() {
     let store = fx.open_with(Config {
         compression_level: 1,
         max_pack_size: 256 << 10,
+        ..Config::default()
     });
     // Threads overlap in what they store, so dedup races are exercised.
     let block = |i: u64| {
@@ -307,7 +309,7 @@ mod prop {
         fn random_blocks_round_trip(blocks in proptest::collection::vec(block(), 1..12),
                                     level in 0i32..4) {
             let mut fx = Fixture::new();
-            let cfg = Config { compression_level: level, max_pack_size: 300_000 };
+            let cfg = Config { compression_level: level, max_pack_size: 300_000, ..Config::default() };
             let store = fx.open_with(cfg.clone());
             let ids: Vec<BlockId> = blocks.iter().map(|b| store.put(b).unwrap()).collect();
             for (b, id) in blocks.iter().zip(&ids) {

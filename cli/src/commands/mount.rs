@@ -28,7 +28,8 @@ pub struct Args {
     #[arg(long)]
     pub foreground: bool,
 
-    /// FUSE worker threads [default: the number of CPUs, at most 8].
+    /// FUSE worker threads [default: `threads` in STORE/strata.toml, else the number of
+    /// CPUs, at most 8].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
@@ -71,14 +72,26 @@ fn default_threads() -> usize {
         .clamp(1, 8)
 }
 
-pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {
-    let threads = match args.threads {
-        Some(0) => {
-            return Err(UsageError("invalid thread count '0': must be at least 1".into()).into())
-        }
-        Some(n) => n,
-        None => default_threads(),
+/// Worker threads: `--threads`, else `threads` in the store's strata.toml, else
+/// `default_threads`. A store that cannot be read here is left to the mount to report.
+fn chosen_threads(flag: Option<usize>, store: Option<&Path>) -> usize {
+    let configured = || {
+        let store = match store {
+            Some(path) => store::locate(path).ok()?,
+            None => store::default_store().ok()?,
+        };
+        strata_snapshot::StoreConfig::load(&store).ok()?.threads
     };
+    flag.or_else(configured)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(default_threads)
+}
+
+pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {
+    if args.threads == Some(0) {
+        return Err(UsageError("invalid thread count '0': must be at least 1".into()).into());
+    }
+    let threads = chosen_threads(args.threads, args.store_and_mount_point().0);
     for (what, name) in [("branch", &args.branch), ("snapshot", &args.snapshot)] {
         if let Some(name) = name {
             strata_snapshot::check_name(what, name).map_err(|e| UsageError(e.to_string()))?;
