@@ -119,6 +119,8 @@ pub struct Activity {
     /// Seconds since the epoch of the last commit since the store was opened.
     pub last_commit: Option<i64>,
     pub relocation_queued_bytes: u64,
+    /// The block cache (docs/packs.md, "Block cache").
+    pub block_cache: blockstore::CacheStats,
 }
 
 pub struct Store {
@@ -587,6 +589,7 @@ impl Store {
             dirty_bytes,
             last_commit: (last > 0).then_some(last),
             relocation_queued_bytes,
+            block_cache: self.blocks.cache_stats(),
         }
     }
 

@@ -53,6 +53,9 @@ fn status_tells_what_the_daemon_does_and_whether_the_store_is_healthy() {
     assert_eq!(mount["branch"], "main");
     assert_eq!(mount["read_only"], false);
     assert_eq!(mount["open_files"], 1, "{doc}");
+    let cache = &daemon["block_cache"];
+    assert_eq!(cache["capacity_bytes"], 32 << 20, "{doc}");
+    assert!(cache["bytes"].as_u64().unwrap() <= 32 << 20, "{doc}");
     let schedule = &daemon["schedules"][0];
     assert_eq!(schedule["every_secs"], 3600, "{doc}");
     assert_eq!(schedule["keep"], "last=3");
@@ -77,6 +80,13 @@ fn status_tells_what_the_daemon_does_and_whether_the_store_is_healthy() {
     );
     assert!(
         text.stdout.contains(&format!("next {next}")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("cache:      ") && l.contains(&format!(" of {} (", 32 << 20))),
         "{}",
         text.stdout
     );

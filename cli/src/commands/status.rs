@@ -142,6 +142,22 @@ fn render(r: &Report, exact: bool) -> String {
                     time(j.since)
                 );
             }
+            let c = &d.block_cache;
+            out += &if c.capacity_bytes == 0 {
+                "cache:      off (block_cache_mib = 0)\n".to_string()
+            } else {
+                let reads = c.hits + c.misses;
+                let rate = match (c.hits * 100).checked_div(reads) {
+                    None => "no reads yet".to_string(),
+                    Some(pct) => format!("{pct}% of {reads} block reads served from it"),
+                };
+                format!(
+                    "cache:      {} of {} ({} blocks), {rate}\n",
+                    size(c.bytes, exact),
+                    size(c.capacity_bytes, exact),
+                    c.blocks
+                )
+            };
             if d.relocation_queued_bytes > 0 {
                 out += &format!(
                     "relocation: {} queued to be laid out again\n",

@@ -472,6 +472,21 @@ pub struct Status {
     /// Mounts that ended with an error since the daemon started.
     #[serde(default)]
     pub mount_errors: Vec<String>,
+    /// The cache of decompressed blocks.
+    #[serde(default)]
+    pub block_cache: BlockCache,
+}
+
+/// The daemon's block cache (docs/packs.md, "Block cache").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockCache {
+    /// `block_cache_mib` in bytes (0: off).
+    pub capacity_bytes: u64,
+    pub bytes: u64,
+    pub blocks: u64,
+    /// Reads served from it, and reads that missed it, since the daemon started.
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// A piece of background work of the daemon.

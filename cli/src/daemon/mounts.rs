@@ -313,6 +313,13 @@ impl Daemon {
             last_commit: activity.last_commit,
             background: self.maintenance.jobs(),
             relocation_queued_bytes: activity.relocation_queued_bytes,
+            block_cache: crate::control::proto::BlockCache {
+                capacity_bytes: activity.block_cache.capacity_bytes,
+                bytes: activity.block_cache.bytes,
+                blocks: activity.block_cache.blocks,
+                hits: activity.block_cache.hits,
+                misses: activity.block_cache.misses,
+            },
             schedules: self
                 .schedules
                 .lock()
