@@ -67,7 +67,7 @@ pub struct BlockStore {
     /// Odd while a `gc` may be moving entries or deleting packs; bumped at its start and
     /// end. `verify` runs again when it changed meanwhile (a scrub runs beside a gc).
     pub(crate) gc_epoch: AtomicU64,
-    /// Decompressed blocks recently read or written (`cache.rs`). No lock order: taken
+    /// Decompressed blocks recently read (`cache.rs`). No lock order: taken
     /// alone, never while another lock of the store is held.
     cache: BlockCache,
 }
@@ -251,7 +251,6 @@ impl BlockStore {
         }
     }
 
-    /// Reads `id` from `loc`, following it if a gc moved it meanwhile.
     /// From the block cache, else `get_at` (kept in the cache if `keep`).
     fn get_cached(&self, id: &BlockId, loc: Location, keep: bool) -> Result<Arc<Vec<u8>>> {
         if let Some(data) = self.cache.get(id) {
@@ -264,6 +263,7 @@ impl BlockStore {
         Ok(data)
     }
 
+    /// Reads `id` from `loc`, following it if a gc moved it meanwhile.
     fn get_at(&self, id: &BlockId, mut loc: Location) -> Result<Vec<u8>> {
         loop {
             match self.read_block(id, &loc) {

@@ -229,10 +229,6 @@ mod tests {
         };
         let doc: Value = serde_json::from_str(&crate::output::branch_json(&[b])).unwrap();
         same(&BRANCH_LIST, &doc[0]);
-        let path = std::path::Path::new("/s");
-        let with_store = |v: &dyn erased::Ser, extra: &[(&str, Value)]| -> Value {
-            serde_json::from_str(&v.json(path, extra)).unwrap()
-        };
         same(&STATS, &with_store(&strata_snapshot::Stats::default(), &[]));
         same(&GC, &with_store(&strata_snapshot::GcReport::default(), &[]));
         same(
@@ -281,15 +277,9 @@ mod tests {
         }
     }
 
-    /// `json_with_store` for any report type, behind one trait object.
-    mod erased {
-        pub trait Ser {
-            fn json(&self, store: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> String;
-        }
-        impl<T: serde::Serialize> Ser for T {
-            fn json(&self, store: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> String {
-                crate::output::json_with_store(self, store, extra).unwrap()
-            }
-        }
+    /// A report's `--json` document, as the command prints it (store `/s`).
+    fn with_store<T: serde::Serialize>(report: &T, extra: &[(&str, Value)]) -> Value {
+        let path = std::path::Path::new("/s");
+        serde_json::from_str(&crate::output::json_with_store(report, path, extra).unwrap()).unwrap()
     }
 }

@@ -44,9 +44,10 @@ pub struct StoreConfig {
     /// background commit empties it, and an fsync that finds it full commits instead.
     #[serde(default = "default_intent_log_mib")]
     pub intent_log_mib: u64,
-    /// MiB of decompressed blocks the daemon keeps in memory for reads (0: none): a
-    /// partial overwrite of a block just committed, random reads within one block, and
-    /// blocks shared between files, snapshots and clones skip the read and decompression.
+    /// MiB of decompressed blocks the daemon keeps in memory for reads (0: none): small
+    /// reads that come back to a block (random reads within one block, the read-modify-
+    /// write of a partial overwrite) and blocks shared between files, snapshots and
+    /// clones skip the read and decompression (docs/packs.md, "Block cache").
     #[serde(default = "default_block_cache_mib")]
     pub block_cache_mib: u64,
     /// FUSE worker threads of a mount when `strata mount --threads` is not given
@@ -146,6 +147,12 @@ impl StoreConfig {
         })?;
         validate_block_size(cfg.block_size)?;
         validate_compression_level(cfg.compression_level)?;
+        if cfg.threads == Some(0) {
+            return Err(Error::Invalid(format!(
+                "{}: threads = 0: a mount needs at least 1 thread",
+                path.display()
+            )));
+        }
         Ok(cfg)
     }
 

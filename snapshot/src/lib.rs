@@ -63,6 +63,7 @@ pub use snapshots::{
     check_name, utc_stamp, BranchInfo, RollbackInfo, SnapshotInfo, SnapshotUsage, AUTO_PREFIX,
 };
 pub use store::{Activity, InitOptions, Store};
+pub use strata_blockstore::CacheStats as BlockCacheStats;
 pub use types::*;
 pub use verify::{Stats, VerifyReport};
 pub use volume::{Volume, VolumeKind};

@@ -55,4 +55,8 @@ fn threads_and_the_block_cache_come_from_strata_toml() {
     let run = strata(["mount", store, mnt]);
     assert!(!run.success(), "{}", run.output());
     assert!(run.stderr.contains("threads"), "{}", run.stderr);
+    set(&ts, "threads = 0");
+    let run = strata(["mount", store, mnt]);
+    assert!(!run.success(), "{}", run.output());
+    assert!(run.stderr.contains("threads = 0"), "{}", run.stderr);
 }

@@ -82,9 +82,7 @@ fn chosen_threads(flag: Option<usize>, store: Option<&Path>) -> usize {
         };
         strata_snapshot::StoreConfig::load(&store).ok()?.threads
     };
-    flag.or_else(configured)
-        .filter(|n| *n > 0)
-        .unwrap_or_else(default_threads)
+    flag.or_else(configured).unwrap_or_else(default_threads)
 }
 
 pub fn run(args: &Args, verbose: u8) -> Result<ExitCode> {

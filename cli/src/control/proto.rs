@@ -489,6 +489,18 @@ pub struct BlockCache {
     pub misses: u64,
 }
 
+impl From<strata_snapshot::BlockCacheStats> for BlockCache {
+    fn from(s: strata_snapshot::BlockCacheStats) -> Self {
+        BlockCache {
+            capacity_bytes: s.capacity_bytes,
+            bytes: s.bytes,
+            blocks: s.blocks,
+            hits: s.hits,
+            misses: s.misses,
+        }
+    }
+}
+
 /// A piece of background work of the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {

@@ -313,13 +313,7 @@ impl Daemon {
             last_commit: activity.last_commit,
             background: self.maintenance.jobs(),
             relocation_queued_bytes: activity.relocation_queued_bytes,
-            block_cache: crate::control::proto::BlockCache {
-                capacity_bytes: activity.block_cache.capacity_bytes,
-                bytes: activity.block_cache.bytes,
-                blocks: activity.block_cache.blocks,
-                hits: activity.block_cache.hits,
-                misses: activity.block_cache.misses,
-            },
+            block_cache: activity.block_cache.into(),
             schedules: self
                 .schedules
                 .lock()
