@@ -154,11 +154,30 @@ pub fn render(spec: &Spec, doc: &Value, args: &Args, exact: bool) -> Result<Stri
     Ok(crate::output::table(&headers, &cells))
 }
 
-/// Prints `json` (a command's `--json` document) as `render` shows it.
-pub fn print(spec: &Spec, json: &str, args: &Args, exact: bool) -> anyhow::Result<()> {
-    let doc: Value = serde_json::from_str(json)?;
-    print!("{}", render(spec, &doc, args, exact)?);
-    Ok(())
+/// Prints a command's `--json` document (made by `doc` only if needed) as asked:
+/// through `render` with `-H`/`-p`/`-o`, as it is with `--json`. False when neither
+/// was asked: the caller prints its human output.
+pub fn print_json(
+    spec: &Spec,
+    args: &Args,
+    json: bool,
+    exact: bool,
+    doc: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<bool> {
+    if args.active() {
+        let value: Value = serde_json::from_str(&doc()?)?;
+        print!("{}", render(spec, &value, args, exact)?);
+    } else if json {
+        let text = doc()?;
+        if text.ends_with('\n') {
+            print!("{text}");
+        } else {
+            println!("{text}");
+        }
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// One value as `-p` or the human form shows it; `-` for a missing one.

@@ -50,12 +50,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Command::List(a) => {
             let target = session::resolve_store(&a.store)?;
             let rows: Vec<Branch> = session::run(&target.store, &Request::BranchList)?;
-            if a.scripted.active() {
-                let json = output::branch_json(&rows);
-                crate::scripted::print(&crate::fields::BRANCH_LIST, &json, &a.scripted, false)?;
-            } else if a.json {
-                print!("{}", output::branch_json(&rows));
-            } else {
+            if !crate::scripted::print_json(
+                &crate::fields::BRANCH_LIST,
+                &a.scripted,
+                a.json,
+                false,
+                || Ok(output::branch_json(&rows)),
+            )? {
                 print!("{}", output::branch_table(&rows));
             }
         }

@@ -48,12 +48,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let report: DefragReport =
         session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
-    if args.scripted.active() {
-        let json = output::json_with_store(&report, &target.store, &[])?;
-        crate::scripted::print(&crate::fields::DEFRAG, &json, &args.scripted, args.bytes)?;
-    } else if args.json {
-        println!("{}", output::json_with_store(&report, &target.store, &[])?);
-    } else {
+    if !crate::scripted::print_json(
+        &crate::fields::DEFRAG,
+        &args.scripted,
+        args.json,
+        args.bytes,
+        || output::json_with_store(&report, &target.store, &[]),
+    )? {
         print!("{}", output::defrag_report(&report, args.bytes));
     }
     if report.problems.is_empty() {

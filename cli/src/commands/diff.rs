@@ -44,12 +44,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             via: target.via_string(),
         },
     )?;
-    if args.scripted.active() {
-        let json = output::diff_json(&diff);
-        crate::scripted::print(&crate::fields::DIFF, &json, &args.scripted, false)?;
-    } else if args.json {
-        print!("{}", output::diff_json(&diff));
-    } else {
+    if !crate::scripted::print_json(
+        &crate::fields::DIFF,
+        &args.scripted,
+        args.json,
+        false,
+        || Ok(output::diff_json(&diff)),
+    )? {
         print!("{}", output::diff_lines(&diff));
     }
     Ok(ExitCode::SUCCESS)

@@ -41,12 +41,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let report: FlattenReport =
         session::run_with_progress(&target.store, &request, &mut |d, t| progress.update(d, t))?;
     progress.clear();
-    if args.scripted.active() {
-        let json = output::json_with_store(&report, &target.store, &[])?;
-        crate::scripted::print(&crate::fields::FLATTEN, &json, &args.scripted, false)?;
-    } else if args.json {
-        println!("{}", output::json_with_store(&report, &target.store, &[])?);
-    } else {
+    if !crate::scripted::print_json(
+        &crate::fields::FLATTEN,
+        &args.scripted,
+        args.json,
+        false,
+        || output::json_with_store(&report, &target.store, &[]),
+    )? {
         print!("{}", output::flatten_report(&report));
     }
     Ok(ExitCode::SUCCESS)

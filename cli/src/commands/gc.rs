@@ -50,12 +50,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         report.meta_bytes = strata_snapshot::disk_bytes(&path.join("meta"));
         report.meta_compaction_pending = false;
     }
-    if args.scripted.active() {
-        let json = output::json_with_store(&report, &target.store, &[])?;
-        crate::scripted::print(&crate::fields::GC, &json, &args.scripted, args.bytes)?;
-    } else if args.json {
-        println!("{}", output::json_with_store(&report, &target.store, &[])?);
-    } else {
+    if !crate::scripted::print_json(
+        &crate::fields::GC,
+        &args.scripted,
+        args.json,
+        args.bytes,
+        || output::json_with_store(&report, &target.store, &[]),
+    )? {
         print!("{}", output::gc_report(&report, args.bytes));
     }
     if report.problems.is_empty() {

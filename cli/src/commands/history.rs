@@ -37,12 +37,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             path: found.relative.clone(),
         },
     )?;
-    if args.scripted.active() {
-        let json = output::history_json(&history);
-        crate::scripted::print(&crate::fields::HISTORY, &json, &args.scripted, args.bytes)?;
-    } else if args.json {
-        print!("{}", output::history_json(&history));
-    } else {
+    if !crate::scripted::print_json(
+        &crate::fields::HISTORY,
+        &args.scripted,
+        args.json,
+        args.bytes,
+        || Ok(output::history_json(&history)),
+    )? {
         print!("{}", output::history_table(&history, args.bytes));
     }
     Ok(ExitCode::SUCCESS)

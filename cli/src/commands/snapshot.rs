@@ -170,12 +170,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Command::List(a) => {
             let target = session::resolve_store(&a.store)?;
             let rows: Vec<Snapshot> = session::run(&target.store, &Request::SnapshotList)?;
-            if a.scripted.active() {
-                let json = output::snapshot_json(&rows);
-                crate::scripted::print(&crate::fields::SNAPSHOT_LIST, &json, &a.scripted, a.bytes)?;
-            } else if a.json {
-                print!("{}", output::snapshot_json(&rows));
-            } else {
+            if !crate::scripted::print_json(
+                &crate::fields::SNAPSHOT_LIST,
+                &a.scripted,
+                a.json,
+                a.bytes,
+                || Ok(output::snapshot_json(&rows)),
+            )? {
                 print!("{}", output::snapshot_table(&rows, a.bytes));
             }
         }
@@ -212,12 +213,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     dry_run: a.dry_run,
                 },
             )?;
-            if a.scripted.active() {
-                let json = serde_json::to_string_pretty(&pruned)?;
-                crate::scripted::print(&crate::fields::SNAPSHOT_PRUNE, &json, &a.scripted, false)?;
-            } else if a.json {
-                println!("{}", serde_json::to_string_pretty(&pruned)?);
-            } else {
+            if !crate::scripted::print_json(
+                &crate::fields::SNAPSHOT_PRUNE,
+                &a.scripted,
+                a.json,
+                false,
+                || Ok(serde_json::to_string_pretty(&pruned)?),
+            )? {
                 print!("{}", output::snapshot_pruned(&pruned));
             }
         }

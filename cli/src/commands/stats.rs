@@ -32,12 +32,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let target = session::resolve_store(&args.store)?;
     let path = target.store.clone();
     let stats: Stats = session::run(&target.store, &Request::Stats)?;
-    if args.scripted.active() {
-        let json = crate::output::json_with_store(&stats, &path, &[])?;
-        crate::scripted::print(&crate::fields::STATS, &json, &args.scripted, args.bytes)?;
-    } else if args.json {
-        println!("{}", crate::output::json_with_store(&stats, &path, &[])?);
-    } else {
+    if !crate::scripted::print_json(
+        &crate::fields::STATS,
+        &args.scripted,
+        args.json,
+        args.bytes,
+        || crate::output::json_with_store(&stats, &path, &[]),
+    )? {
         print!(
             "{}",
             render(&path.display().to_string(), &stats, args.bytes)

@@ -51,17 +51,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     progress.clear();
     let path = target.store;
 
-    if args.scripted.active() {
-        let clean = report.problems.is_empty().into();
-        let json = crate::output::json_with_store(&report, &path, &[("clean", clean)])?;
-        crate::scripted::print(&crate::fields::VERIFY, &json, &args.scripted, false)?;
-    } else if args.json {
-        let clean = report.problems.is_empty().into();
-        println!(
-            "{}",
-            crate::output::json_with_store(&report, &path, &[("clean", clean)])?
-        );
-    } else {
+    let clean = report.problems.is_empty().into();
+    let printed = crate::scripted::print_json(
+        &crate::fields::VERIFY,
+        &args.scripted,
+        args.json,
+        false,
+        || crate::output::json_with_store(&report, &path, &[("clean", clean)]),
+    )?;
+    if !printed {
         for problem in &report.problems {
             println!("problem: {}", crate::error::one_line(problem));
         }
@@ -73,7 +71,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         report.inodes_checked
     );
     if report.problems.is_empty() {
-        if !args.json && !args.scripted.active() {
+        if !printed {
             println!("{}: clean, {checked}", path.display());
         }
         Ok(ExitCode::SUCCESS)
